@@ -1,0 +1,410 @@
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { closeSync, constants as fsConstants, createReadStream, openSync } from "node:fs";
+import { mkdtemp, open, rm, type FileHandle } from "node:fs/promises";
+import { connect, type ClientHttp2Session, type OutgoingHttpHeaders } from "node:http2";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Duplex } from "node:stream";
+import { describe, it } from "node:test";
+import {
+  AgentPath,
+  EXEC_ID_HEADER,
+  EXEC_SPEC_HEADER,
+  ExecRecordDecoder,
+  ExecRecordFormatError,
+  OutputKind,
+  encodeExecSpecHeader,
+  encodeRecord,
+  type AgentHealth,
+  type ExecRecord,
+} from "@codecourier/protocol";
+import { createAgent, fdPortIo, runSessionLoop, validateExecSpec, type Agent, type PortIo } from "./index.js";
+
+/**
+ * Simulates a virtio-serial port: while no host is connected, read() returns 0 at once (EOF) and writes block
+ * until a host connects, like the Linux driver. Bytes a host sent before disconnecting are still read first.
+ */
+class FakePort implements PortIo {
+  readonly #incoming: Buffer[] = [];
+  #host: Duplex | undefined;
+  #wake: (() => void) | undefined;
+  readonly #hostConnected: Array<() => void> = [];
+
+  connectHost(): Duplex {
+    const port = this;
+    const host = new Duplex({
+      read() {},
+      write(chunk: Buffer, _encoding, callback) {
+        port.#incoming.push(chunk);
+        port.#notify();
+        callback();
+      },
+      destroy(error, callback) {
+        if (port.#host === host) port.#host = undefined;
+        port.#notify();
+        callback(error);
+      },
+    });
+    this.#host = host;
+    for (const resolve of this.#hostConnected.splice(0)) resolve();
+    return host;
+  }
+
+  get hostConnected(): boolean {
+    return this.#host !== undefined;
+  }
+
+  #notify(): void {
+    const wake = this.#wake;
+    this.#wake = undefined;
+    wake?.();
+  }
+
+  async read(buffer: Buffer): Promise<number> {
+    for (;;) {
+      const chunk = this.#incoming.shift();
+      if (chunk !== undefined) {
+        const n = chunk.copy(buffer);
+        if (n < chunk.length) this.#incoming.unshift(chunk.subarray(n));
+        return n;
+      }
+      if (this.#host === undefined) return 0;
+      await new Promise<void>((resolve) => (this.#wake = resolve));
+    }
+  }
+
+  /** When set, writes block as if the host had stopped reading, until a later host connects. */
+  stallWrites = false;
+
+  async write(data: Uint8Array): Promise<number> {
+    // Blocks while no host is connected (without keeping the event loop alive, like a parked threadpool read).
+    while (this.#host === undefined || this.stallWrites) {
+      await new Promise<void>((resolve) => this.#hostConnected.push(resolve));
+    }
+    this.#host.push(Buffer.from(data));
+    return data.length;
+  }
+}
+
+function request(
+  client: ClientHttp2Session,
+  headers: OutgoingHttpHeaders,
+  body?: Buffer | string,
+): Promise<{ status: number; headers: Record<string, unknown>; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const stream = client.request(headers, { endStream: body === undefined });
+    if (body !== undefined) stream.end(body);
+    const chunks: Buffer[] = [];
+    let head: Record<string, unknown> = {};
+    stream.on("response", (h) => (head = h));
+    stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+    stream.on("end", () => resolve({ status: Number(head[":status"]), headers: head, body: Buffer.concat(chunks) }));
+    stream.on("error", reject);
+  });
+}
+
+async function health(client: ClientHttp2Session): Promise<AgentHealth> {
+  const response = await request(client, { ":path": AgentPath.health });
+  assert.equal(response.status, 200);
+  return JSON.parse(response.body.toString()) as AgentHealth;
+}
+
+async function withLoopback<T>(run: (client: ClientHttp2Session, agent: Agent) => Promise<T>, agent = createAgent()): Promise<T> {
+  const port = new FakePort();
+  const stop = new AbortController();
+  const loop = runSessionLoop(port, (duplex) => agent.serveSession(duplex), { signal: stop.signal, pollIntervalMs: 5 });
+  const client = connect("http://agent", { createConnection: () => port.connectHost() });
+  client.on("error", () => {});
+  try {
+    return await run(client, agent);
+  } finally {
+    client.destroy();
+    stop.abort();
+    await loop;
+    agent.killAllCommands();
+  }
+}
+
+describe("session loop over a virtio-serial-like port", () => {
+  it("serves a new session after the host disconnects and reconnects", async () => {
+    const agent = createAgent();
+    const port = new FakePort();
+    const stop = new AbortController();
+    const loop = runSessionLoop(port, (duplex) => agent.serveSession(duplex), { signal: stop.signal, pollIntervalMs: 5 });
+
+    const sessionIds: string[] = [];
+    for (let connection = 0; connection < 3; connection++) {
+      const client = connect("http://agent", { createConnection: () => port.connectHost() });
+      const first = await health(client);
+      assert.equal(first.bootId, agent.bootId);
+      sessionIds.push(first.sessionId);
+      assert.equal((await health(client)).sessionId, first.sessionId, "same session while connected");
+      client.destroy();
+      while (port.hostConnected) await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    assert.equal(new Set(sessionIds).size, 3, "each connection gets its own session");
+    stop.abort();
+    await loop;
+  });
+
+  it("notices a disconnect even while a write to the port is blocked", async () => {
+    const agent = createAgent();
+    const port = new FakePort();
+    const stop = new AbortController();
+    const sessions: Array<Promise<void>> = [];
+    const loop = runSessionLoop(
+      port,
+      (duplex) => {
+        const session = agent.serveSession(duplex);
+        sessions.push(session.closed);
+        return session;
+      },
+      { signal: stop.signal, pollIntervalMs: 5 },
+    );
+    const stalled = connect("http://agent", { createConnection: () => port.connectHost() });
+    stalled.on("error", () => {});
+    await health(stalled);
+    port.stallWrites = true;
+    stalled.request({ ":path": AgentPath.health }).on("error", () => {});
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    stalled.destroy();
+    await sessions[0]; // the first session ends although its last write never completed
+    port.stallWrites = false;
+
+    // The stuck write lands in the next connection (as it would with the real port), breaking at most that one.
+    for (let attempt = 0; ; attempt++) {
+      const client = connect("http://agent", { createConnection: () => port.connectHost() });
+      client.on("error", () => {});
+      try {
+        const result = await Promise.race([
+          health(client),
+          new Promise<never>((_, reject) => setTimeout(() => reject(new Error("timeout")), 500)),
+        ]);
+        assert.equal(result.bootId, agent.bootId);
+        assert.ok(attempt <= 1, `needed ${attempt + 1} attempts`);
+        break;
+      } catch (error) {
+        if (attempt >= 1) throw error;
+      } finally {
+        client.destroy();
+        while (port.hostConnected) await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    }
+    stop.abort();
+    await loop;
+  });
+
+  it("kills a running command when its host disconnects", async () => {
+    const agent = createAgent();
+    const port = new FakePort();
+    const stop = new AbortController();
+    const loop = runSessionLoop(port, (duplex) => agent.serveSession(duplex), { signal: stop.signal, pollIntervalMs: 5 });
+    const client = connect("http://agent", { createConnection: () => port.connectHost() });
+    client.on("error", () => {});
+    const stream = client.request(
+      { ":method": "POST", ":path": AgentPath.exec, [EXEC_SPEC_HEADER]: encodeExecSpecHeader({ argv: ["sleep", "100"] }) },
+      { endStream: true },
+    );
+    stream.on("error", () => {});
+    await new Promise((resolve) => stream.once("response", resolve));
+    assert.equal(agent.commands.size, 1);
+    client.destroy();
+    for (let i = 0; i < 200 && agent.commands.size > 0; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+    assert.equal(agent.commands.size, 0);
+    stop.abort();
+    await loop;
+  });
+});
+
+describe("session loop over real file descriptors", () => {
+  it("reads with blocking fs.read, sees EOF when the host leaves and serves the next host", async () => {
+    // Two FIFOs stand in for the port: like virtio-serial, a FIFO reader gets EOF (at once, repeatedly) while no
+    // writer is connected, and blocks for data while one is.
+    const dir = await mkdtemp(join(tmpdir(), "cc-port-"));
+    const toAgent = join(dir, "to-agent");
+    const toHost = join(dir, "to-host");
+    execFileSync("mkfifo", [toAgent, toHost]);
+    const agent = createAgent();
+    const stop = new AbortController();
+    const agentReadFd = open(toAgent, fsConstants.O_RDONLY); // completes once the first host opens its end
+    const agentWriteFd = openSync(toHost, fsConstants.O_RDWR); // never blocks, keeps the FIFO writable
+    const hostReader = createReadStream("", { fd: openSync(toHost, fsConstants.O_RDONLY) });
+    let hostEnd: Duplex | undefined;
+    hostReader.on("data", (chunk) => hostEnd?.push(chunk));
+
+    const connectHost = async (): Promise<{ client: ClientHttp2Session; writer: FileHandle }> => {
+      const writer = await open(toAgent, fsConstants.O_WRONLY);
+      const duplex = new Duplex({
+        read() {},
+        write(chunk: Buffer, _encoding, callback) {
+          writer.write(chunk).then(() => callback(), callback);
+        },
+      });
+      hostEnd = duplex;
+      const client = connect("http://agent", { createConnection: () => duplex });
+      client.on("error", () => {});
+      return { client, writer };
+    };
+
+    const sessions: Array<{ sessionId: string; closed: Promise<void> }> = [];
+    const first = connectHost();
+    const readFd = await agentReadFd;
+    const loop = runSessionLoop(
+      fdPortIo(readFd.fd, agentWriteFd),
+      (duplex) => {
+        const session = agent.serveSession(duplex);
+        sessions.push(session);
+        return session;
+      },
+      { signal: stop.signal, pollIntervalMs: 5 },
+    );
+    try {
+      for (let host = 0; host < 2; host++) {
+        const { client, writer } = await (host === 0 ? first : connectHost());
+        const result = await health(client);
+        assert.equal(result.sessionId, sessions.at(-1)?.sessionId);
+        client.destroy();
+        await writer.close(); // the host hangs up: the agent reads EOF
+        await sessions.at(-1)?.closed;
+        // Let the old session's last writes (e.g. its GOAWAY) land before the next host listens.
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      assert.equal(sessions.length, 2);
+    } finally {
+      stop.abort();
+      await loop;
+      await readFd.close();
+      closeSync(agentWriteFd); // EOF for the host reader, which otherwise blocks a threadpool thread forever
+      hostReader.destroy();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("agent routes", () => {
+  it("answers health with boot and session ids", () =>
+    withLoopback(async (client, agent) => {
+      const result = await health(client);
+      assert.equal(result.ok, true);
+      assert.equal(result.bootId, agent.bootId);
+      assert.equal(typeof result.kernel, "string");
+      assert.equal(result.runningCommands, 0);
+    }));
+
+  it("rejects malformed exec specs with 400 bad_request", () =>
+    withLoopback(async (client) => {
+      const bad = ["not base64!", Buffer.from("{").toString("base64url"), encodeExecSpecHeader({} as never)];
+      for (const header of bad) {
+        const response = await request(client, { ":method": "POST", ":path": AgentPath.exec, [EXEC_SPEC_HEADER]: header });
+        assert.equal(response.status, 400);
+        assert.equal(JSON.parse(response.body.toString()).error.code, "bad_request");
+      }
+    }));
+
+  it("returns 404 for unknown paths and unknown commands, 400 for bad signals", () =>
+    withLoopback(async (client) => {
+      assert.equal((await request(client, { ":path": "/v1/nope" })).status, 404);
+      const signalPath = AgentPath.signal("no-such-id");
+      const unknown = await request(client, { ":method": "POST", ":path": signalPath }, JSON.stringify({ signal: "SIGTERM" }));
+      assert.equal(unknown.status, 404);
+      const badSignal = await request(client, { ":method": "POST", ":path": signalPath }, JSON.stringify({ signal: "SIGNOPE" }));
+      assert.equal(badSignal.status, 400);
+      const notJson = await request(client, { ":method": "POST", ":path": signalPath }, "{");
+      assert.equal(notJson.status, 400);
+    }));
+
+  it("limits concurrent commands with 429 too_many_commands", () =>
+    withLoopback(
+      async (client, agent) => {
+        const spec = encodeExecSpecHeader({ argv: ["sleep", "100"] });
+        const headers = { ":method": "POST", ":path": AgentPath.exec, [EXEC_SPEC_HEADER]: spec };
+        const started = [client.request(headers), client.request(headers)].map((stream) => {
+          stream.on("error", () => {});
+          return new Promise((resolve) => stream.once("response", resolve));
+        });
+        await Promise.all(started);
+        const refused = await request(client, headers);
+        assert.equal(refused.status, 429);
+        assert.equal(JSON.parse(refused.body.toString()).error.code, "too_many_commands");
+        agent.killAllCommands();
+      },
+      createAgent({ maxConcurrentCommands: 2 }),
+    ));
+
+  it("streams records and an exit record for exec", () =>
+    withLoopback(async (client) => {
+      const response = await request(
+        client,
+        { ":method": "POST", ":path": AgentPath.exec, [EXEC_SPEC_HEADER]: encodeExecSpecHeader({ shell: "cat; echo oops >&2; exit 4" }) },
+        "ping",
+      );
+      assert.equal(response.status, 200);
+      assert.match(String(response.headers[EXEC_ID_HEADER]), /^[0-9a-f-]{36}$/);
+      const records: ExecRecord[] = [];
+      new ExecRecordDecoder().push(response.body, (record) => records.push({ ...record, payload: Buffer.from(record.payload) }));
+      const text = (kind: string) =>
+        records.filter((r) => r.kind === kind).map((r) => Buffer.from(r.payload).toString()).join("");
+      assert.equal(text("stdout"), "ping");
+      assert.equal(text("stderr"), "oops\n");
+      assert.equal(records.at(-1)?.kind, "exit");
+      assert.deepEqual(JSON.parse(text("exit")), { exitCode: 4, signal: null, timedOut: false });
+    }));
+});
+
+describe("exec spec validation", () => {
+  const rejects = (spec: unknown) => assert.throws(() => validateExecSpec(spec), { status: 400, code: "bad_request" });
+
+  it("accepts well-formed specs", () => {
+    const spec = { argv: ["ls", "-l"], env: { A: "1" }, cwd: "/tmp", user: "nobody", timeoutMs: 5, stdin: false };
+    assert.deepEqual(validateExecSpec(spec), spec);
+    assert.deepEqual(validateExecSpec({ shell: "true", user: 1000 }), { shell: "true", user: 1000 });
+  });
+
+  it("rejects malformed specs", () => {
+    rejects(null);
+    rejects([]);
+    rejects({});
+    rejects({ argv: ["a"], shell: "b" });
+    rejects({ argv: [] });
+    rejects({ argv: ["a", 1] });
+    rejects({ argv: ["a\0b"] });
+    rejects({ shell: "" });
+    rejects({ shell: "x", extra: 1 });
+    rejects({ shell: "x", env: { "A=B": "c" } });
+    rejects({ shell: "x", env: { A: 1 } });
+    rejects({ shell: "x", cwd: "relative" });
+    rejects({ shell: "x", user: "bad user" });
+    rejects({ shell: "x", user: -1 });
+    rejects({ shell: "x", timeoutMs: 0 });
+    rejects({ shell: "x", timeoutMs: 1.5 });
+    rejects({ shell: "x", stdin: "yes" });
+  });
+});
+
+describe("exec record codec", () => {
+  const sample = Buffer.concat([
+    encodeRecord(OutputKind.stdout, Buffer.from("hello")),
+    encodeRecord(OutputKind.stderr, Buffer.alloc(0)),
+    encodeRecord(OutputKind.stdout, Buffer.alloc(70_000 >> 2, 7)),
+    encodeRecord(OutputKind.exit, Buffer.from("{}")),
+  ]);
+
+  it("decodes records split at any byte boundary", () => {
+    for (const split of [1, 2, 3, 5, 7, 64, 4096, sample.length]) {
+      const decoded: string[] = [];
+      const decoder = new ExecRecordDecoder();
+      for (let offset = 0; offset < sample.length; offset += split) {
+        decoder.push(sample.subarray(offset, offset + split), (r) => decoded.push(`${r.kind}:${r.payload.length}`));
+      }
+      assert.deepEqual(decoded, ["stdout:5", "stderr:0", "stdout:17500", "exit:2"], `split ${split}`);
+      assert.equal(decoder.atRecordBoundary, true);
+    }
+  });
+
+  it("rejects unknown kinds and oversized records before buffering them", () => {
+    assert.throws(() => new ExecRecordDecoder().push(Buffer.from([9, 0, 0, 0, 1, 0]), () => {}), ExecRecordFormatError);
+    const huge = Buffer.from([1, 0xff, 0xff, 0xff, 0xff]);
+    assert.throws(() => new ExecRecordDecoder().push(huge, () => {}), ExecRecordFormatError);
+  });
+});

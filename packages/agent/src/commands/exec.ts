@@ -1,0 +1,265 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { stat } from "node:fs/promises";
+import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
+import type { Readable, Writable } from "node:stream";
+import {
+  AGENT_LIMITS,
+  EXEC_ID_HEADER,
+  EXEC_RECORDS_CONTENT_TYPE,
+  EXEC_SPEC_HEADER,
+  OutputKind,
+  encodeRecord,
+  type ExecExit,
+  type ExecSpec,
+} from "@codecourier/protocol";
+import { RequestError } from "../http/respond.js";
+import { logProblem } from "../log.js";
+import { signalProcessGroup } from "./process-group.js";
+import type { CommandRegistry } from "./registry.js";
+import { parseExecSpecHeader } from "./spec.js";
+import { UnknownUserError, resolveUser } from "./user.js";
+
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/**
+ * After a timeout kill, how long to keep reading output. A process that escaped the group (setsid) may hold the
+ * pipes open forever; past this grace the pipes are closed so that the exit record still goes out.
+ */
+const pipeGraceAfterKillMs = 2_000;
+/** Exit codes shells use for "command not found" and "found but cannot be executed". */
+const exitNotFound = 127;
+const exitCannotExecute = 126;
+const maxSpawnErrorLength = 4_096;
+
+/** POST /v1/exec: validates the spec, answers 200 with the command id at once, then streams records. */
+export function handleExec(
+  stream: ServerHttp2Stream,
+  headers: IncomingHttpHeaders,
+  registry: CommandRegistry<Command>,
+): void {
+  const spec = parseExecSpecHeader(headers[EXEC_SPEC_HEADER]);
+  if (registry.isFull) {
+    throw new RequestError(429, "too_many_commands", `at most ${registry.capacity} commands may run at once`);
+  }
+  const command = new Command(spec, stream, registry);
+  stream.respond({ ":status": 200, "content-type": EXEC_RECORDS_CONTENT_TYPE, [EXEC_ID_HEADER]: command.id });
+  registry.add(command);
+  command.start().catch((error: unknown) => {
+    logProblem(`exec ${command.id} failed`, error);
+    command.finishWithSpawnError(exitCannotExecute, `internal error: ${String(error)}`);
+  });
+}
+
+/** One running command, bound to the HTTP/2 stream that started it. */
+export class Command {
+  readonly id = randomUUID();
+  #child: ChildProcess | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #timedOut = false;
+  #finished = false;
+  /** Host went away before the exit record: nobody will read the output any more. */
+  #cancelled = false;
+  #waitingForDrain = false;
+  /** Signals that arrived while the user was still being resolved, delivered right after spawn. */
+  readonly #earlySignals: NodeJS.Signals[] = [];
+
+  constructor(
+    private readonly spec: ExecSpec,
+    private readonly stream: ServerHttp2Stream,
+    private readonly registry: CommandRegistry<Command>,
+  ) {
+    // Closed before the exit record went out = the host reset the stream or the session died.
+    stream.on("close", () => {
+      if (!this.#finished) this.#cancel();
+    });
+  }
+
+  async start(): Promise<void> {
+    const { spec, stream } = this;
+    const wantsStdin = spec.stdin !== false;
+    if (!wantsStdin) stream.resume(); // discard any body so flow control never stalls the host
+
+    let identity: { uid?: number; gid?: number; home: string; name?: string };
+    try {
+      identity = spec.user === undefined ? currentIdentity() : await resolveUser(spec.user);
+    } catch (error) {
+      if (!(error instanceof UnknownUserError)) throw error;
+      this.finishWithSpawnError(exitCannotExecute, error.message);
+      return;
+    }
+    if (this.#cancelled) {
+      this.#finishQuietly();
+      return;
+    }
+
+    const argv = spec.argv ?? ["/bin/sh", "-c", spec.shell ?? ""];
+    const [file = "", ...args] = argv;
+    const env: Record<string, string> = { PATH: defaultPath, HOME: identity.home };
+    if (identity.name !== undefined) Object.assign(env, { USER: identity.name, LOGNAME: identity.name });
+    Object.assign(env, spec.env);
+
+    let child: ChildProcess;
+    try {
+      child = spawn(file, args, {
+        cwd: spec.cwd ?? "/",
+        env,
+        uid: identity.uid,
+        gid: identity.gid,
+        detached: true,
+        stdio: [wantsStdin ? "pipe" : "ignore", "pipe", "pipe"],
+      });
+    } catch (error) {
+      // Synchronous failures: EPERM switching user, E2BIG, invalid arguments.
+      this.finishWithSpawnError(exitCannotExecute, describeSpawnError(error));
+      return;
+    }
+    this.#child = child;
+    child.on("error", (error: NodeJS.ErrnoException) => {
+      if (child.pid !== undefined) {
+        logProblem(`exec ${this.id}: child process error`, error);
+        return;
+      }
+      void this.#explainSpawnFailure(error).then((message) =>
+        this.finishWithSpawnError(error.code === "ENOENT" ? exitNotFound : exitCannotExecute, message),
+      );
+    });
+    if (child.pid === undefined) return; // the 'error' handler reports the failure
+
+    child.on("close", (exitCode: number | null, signal: NodeJS.Signals | null) => {
+      this.#finish({ exitCode: signal === null ? exitCode : null, signal, timedOut: this.#timedOut });
+    });
+    this.#forwardOutput(child.stdout, OutputKind.stdout);
+    this.#forwardOutput(child.stderr, OutputKind.stderr);
+    if (child.stdin) this.#feedStdin(child.stdin);
+
+    if (spec.timeoutMs !== undefined) {
+      this.#timer = setTimeout(() => this.#onTimeout(), spec.timeoutMs);
+    }
+    for (const signal of this.#earlySignals.splice(0)) this.signal(signal);
+  }
+
+  /** Signals the whole process group. */
+  signal(signal: NodeJS.Signals): void {
+    const pid = this.#child?.pid;
+    if (pid === undefined) {
+      if (!this.#finished) this.#earlySignals.push(signal);
+      return;
+    }
+    signalProcessGroup(pid, signal);
+  }
+
+  #forwardOutput(output: Readable | null, kind: number): void {
+    if (output === null) return;
+    output.on("data", (chunk: Buffer) => {
+      if (this.#cancelled || this.stream.destroyed) return;
+      for (let offset = 0; offset < chunk.length; offset += AGENT_LIMITS.maxOutputRecord) {
+        const payload = chunk.subarray(offset, offset + AGENT_LIMITS.maxOutputRecord);
+        if (!this.stream.write(encodeRecord(kind, payload))) this.#pauseOutputUntilDrain();
+      }
+    });
+    output.on("error", (error) => logProblem(`exec ${this.id}: output pipe error`, error));
+  }
+
+  /** Backpressure: the host is not reading, so stop reading both pipes; the child then blocks on write. */
+  #pauseOutputUntilDrain(): void {
+    if (this.#waitingForDrain) return;
+    this.#waitingForDrain = true;
+    const child = this.#child;
+    child?.stdout?.pause();
+    child?.stderr?.pause();
+    this.stream.once("drain", () => {
+      this.#waitingForDrain = false;
+      child?.stdout?.resume();
+      child?.stderr?.resume();
+    });
+  }
+
+  #feedStdin(stdin: Writable): void {
+    // pipe() pauses the request body while stdin is full and ends stdin when the body ends.
+    this.stream.pipe(stdin);
+    const discardRest = () => {
+      // The child closed stdin (or exited): drop whatever the host still sends instead of stalling its window.
+      this.stream.unpipe(stdin);
+      this.stream.resume();
+    };
+    stdin.on("error", discardRest); // EPIPE when the child exits without reading everything
+    stdin.on("close", discardRest);
+  }
+
+  #onTimeout(): void {
+    this.#timedOut = true;
+    this.#killGroup();
+    setTimeout(() => this.#closePipes(), pipeGraceAfterKillMs).unref();
+  }
+
+  #cancel(): void {
+    this.#cancelled = true;
+    if (this.#child?.pid === undefined) return; // start() cancels once the child exists
+    this.#killGroup();
+    // Nobody reads the output any more; closing the pipes lets 'close' fire as soon as the leader is gone.
+    this.#closePipes();
+  }
+
+  #killGroup(): void {
+    const pid = this.#child?.pid;
+    if (pid === undefined) return;
+    try {
+      signalProcessGroup(pid, "SIGKILL");
+    } catch (error) {
+      logProblem(`exec ${this.id}: kill failed`, error);
+    }
+  }
+
+  #closePipes(): void {
+    this.#child?.stdout?.destroy();
+    this.#child?.stderr?.destroy();
+    this.#child?.stdin?.destroy();
+  }
+
+  finishWithSpawnError(exitCode: number, message: string): void {
+    const spawnError = message.length > maxSpawnErrorLength ? message.slice(0, maxSpawnErrorLength) : message;
+    this.#finish({ exitCode, signal: null, timedOut: false, spawnError });
+  }
+
+  async #explainSpawnFailure(error: NodeJS.ErrnoException): Promise<string> {
+    // A missing cwd also surfaces as "spawn <file> ENOENT", which would blame the wrong thing.
+    if (error.code === "ENOENT" && this.spec.cwd !== undefined) {
+      const cwdMissing = await stat(this.spec.cwd).then(
+        (info) => !info.isDirectory(),
+        () => true,
+      );
+      if (cwdMissing) return `working directory does not exist: ${this.spec.cwd}`;
+    }
+    return describeSpawnError(error);
+  }
+
+  #finish(exit: ExecExit): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    clearTimeout(this.#timer);
+    this.registry.delete(this.id);
+    const { stream } = this;
+    if (stream.destroyed || stream.closed || this.#cancelled) return;
+    stream.end(encodeRecord(OutputKind.exit, Buffer.from(JSON.stringify(exit), "utf8")));
+    // The host may still be sending stdin; drain it so the stream can close.
+    stream.resume();
+  }
+
+  #finishQuietly(): void {
+    this.#finished = true;
+    clearTimeout(this.#timer);
+    this.registry.delete(this.id);
+  }
+}
+
+function currentIdentity(): { home: string; name?: string } {
+  const isRoot = process.getuid?.() === 0;
+  return {
+    home: isRoot ? "/root" : (process.env.HOME ?? "/"),
+    name: isRoot ? "root" : process.env.USER,
+  };
+}
+
+function describeSpawnError(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

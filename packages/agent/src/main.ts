@@ -1,0 +1,15 @@
+// Entry point of the guest agent (bundled to dist/agent.mjs). Must stay the first import: sizes the threadpool.
+import "./threadpool.js";
+import { createAgent } from "./agent.js";
+import { logProblem } from "./log.js";
+import { openAgentPort } from "./transport/port.js";
+import { runSessionLoop } from "./transport/session-loop.js";
+
+// A dead agent is a dead sandbox: report anything that slipped through and keep serving.
+process.on("uncaughtException", (error) => logProblem("uncaught exception", error));
+process.on("unhandledRejection", (reason) => logProblem("unhandled rejection", reason));
+
+const agent = createAgent();
+const { device, io } = await openAgentPort();
+logProblem(`serving on ${device} (pid ${process.pid})`);
+await runSessionLoop(io, (duplex) => agent.serveSession(duplex));

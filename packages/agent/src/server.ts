@@ -1,0 +1,111 @@
+import { createServer, type Http2Server, type IncomingHttpHeaders, type ServerHttp2Stream } from "node:http2";
+import { release } from "node:os";
+import { AGENT_LIMITS, AGENT_PROTOCOL_VERSION, AgentPath, type AgentHealth } from "@codecourier/protocol";
+import { Command, handleExec } from "./commands/exec.js";
+import type { CommandRegistry } from "./commands/registry.js";
+import { handleSignal } from "./commands/signal.js";
+import { receiveFileContent, sendFileContent } from "./files/content.js";
+import { sendList, sendStat } from "./files/metadata.js";
+import { RequestError, badRequest, requirePathParam, sendFailure, sendJson, toRequestError } from "./http/respond.js";
+import { logProblem } from "./log.js";
+import { AGENT_VERSION } from "./version.js";
+
+/** Per-stream receive window: how much stdin / upload data the host may send ahead of the agent. */
+const streamWindowBytes = 256 * 1024;
+
+/** What the router needs to know about the agent that owns it. */
+export interface AgentState {
+  readonly bootId: string;
+  readonly startedAt: number;
+  readonly commands: CommandRegistry<Command>;
+  sessionIdOf(stream: ServerHttp2Stream): string;
+}
+
+/** An HTTP/2 server that never listens: sessions are handed to it with emit("connection", duplex). */
+export function createAgentHttp2Server(agent: AgentState): Http2Server {
+  const server = createServer({
+    settings: {
+      maxFrameSize: AGENT_LIMITS.maxFrameSize,
+      maxHeaderListSize: AGENT_LIMITS.maxHeaderListSize,
+      maxConcurrentStreams: AGENT_LIMITS.maxConcurrentStreams,
+      initialWindowSize: streamWindowBytes,
+    },
+    maxHeaderListPairs: 64,
+    // Megabytes. Bounds what the host can make the agent buffer (header tables, queued frames) in a small guest.
+    maxSessionMemory: 32,
+  });
+  server.on("stream", (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => {
+    // Without a listener, a stream error (e.g. a reset with an error code) would be an uncaught exception.
+    stream.on("error", (error) => logProblem("stream error", error));
+    route(agent, stream, headers).catch((error: unknown) => {
+      if (toRequestError(error).status >= 500) logProblem(`${headers[":path"]} failed`, error);
+      sendFailure(stream, error);
+    });
+  });
+  server.on("sessionError", (error) => logProblem("session error", error));
+  return server;
+}
+
+async function route(agent: AgentState, stream: ServerHttp2Stream, headers: IncomingHttpHeaders): Promise<void> {
+  const method = headers[":method"];
+  const url = parseRequestPath(headers[":path"]);
+  const query = url.searchParams;
+
+  switch (url.pathname) {
+    case AgentPath.health:
+      requireMethod(method, "GET");
+      return sendJson(stream, 200, health(agent, stream));
+    case AgentPath.exec:
+      requireMethod(method, "POST");
+      return handleExec(stream, headers, agent.commands);
+    case AgentPath.file:
+      if (method === "PUT") return receiveFileContent(stream, requirePathParam(query), query.get("mode"));
+      requireMethod(method, "GET");
+      return sendFileContent(stream, requirePathParam(query));
+    case AgentPath.stat:
+      requireMethod(method, "GET");
+      return sendStat(stream, requirePathParam(query));
+    case AgentPath.list:
+      requireMethod(method, "GET");
+      return sendList(stream, requirePathParam(query));
+  }
+  const signalTarget = /^\/v1\/exec\/([^/]+)\/signal$/.exec(url.pathname)?.[1];
+  if (signalTarget !== undefined) {
+    requireMethod(method, "POST");
+    return handleSignal(stream, decodePathSegment(signalTarget), agent.commands);
+  }
+  throw new RequestError(404, "not_found", `no such endpoint: ${url.pathname}`);
+}
+
+function health(agent: AgentState, stream: ServerHttp2Stream): AgentHealth {
+  return {
+    ok: true,
+    protocol: AGENT_PROTOCOL_VERSION,
+    agentVersion: AGENT_VERSION,
+    bootId: agent.bootId,
+    sessionId: agent.sessionIdOf(stream),
+    kernel: release(),
+    uptimeMs: Math.round(performance.now() - agent.startedAt),
+    runningCommands: agent.commands.size,
+  };
+}
+
+function parseRequestPath(path: string | undefined): URL {
+  try {
+    return new URL(path ?? "/", "http://agent");
+  } catch {
+    throw badRequest("malformed request path");
+  }
+}
+
+function requireMethod(method: string | undefined, expected: string): void {
+  if (method !== expected) throw badRequest(`method ${method ?? "(none)"} not allowed here; use ${expected}`);
+}
+
+function decodePathSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw badRequest("malformed command id");
+  }
+}

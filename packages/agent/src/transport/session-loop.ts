@@ -1,0 +1,164 @@
+import { Duplex } from "node:stream";
+import { logProblem } from "../log.js";
+import type { PortIo } from "./port-io.js";
+
+const defaultPollIntervalMs = 20;
+const readBufferBytes = 64 * 1024;
+/**
+ * Most unconsumed input one session may queue. Far above what flow control lets an honest host send ahead (the
+ * session's receive window plus headers of new requests), far below the guest's memory.
+ */
+const maxQueuedInputBytes = 32 * 1024 * 1024;
+
+export interface SessionLoopOptions {
+  /** How often to poll the port while no host is connected (reads return EOF at once then). */
+  pollIntervalMs?: number;
+  /** Stops the loop (for tests); checked between reads. */
+  signal?: AbortSignal;
+}
+
+/** Something that can end a session early, e.g. the AgentSession returned by Agent.serveSession. */
+export interface ServedSession {
+  close(): void;
+}
+
+/**
+ * Serves one session after another over a virtio-serial port.
+ *
+ * The port has no "accept": while no host is connected, read() returns 0 bytes immediately and repeatedly. So EOF
+ * ends the current session, the loop polls until bytes arrive again, and those first bytes (the new host's HTTP/2
+ * preface) start a new session. This is what lets a host reconnect to the same running agent.
+ */
+export async function runSessionLoop(
+  port: PortIo,
+  serve: (duplex: Duplex) => ServedSession | void,
+  options: SessionLoopOptions = {},
+): Promise<void> {
+  const pollIntervalMs = options.pollIntervalMs ?? defaultPollIntervalMs;
+  const writer = new PortWriter(port);
+  const buffer = Buffer.allocUnsafe(readBufferBytes);
+  let current: { stream: PortSessionStream; session: ServedSession | void } | undefined;
+
+  while (!options.signal?.aborted) {
+    let bytesRead: number;
+    try {
+      bytesRead = await port.read(buffer);
+    } catch (error) {
+      logProblem("port read failed", error);
+      await sleep(pollIntervalMs);
+      continue;
+    }
+    if (bytesRead === 0) {
+      if (current !== undefined) {
+        current.stream.hostDisconnected();
+        current.session?.close();
+        current = undefined;
+      }
+      await sleep(pollIntervalMs);
+      continue;
+    }
+    // Copy: the read buffer is reused for the next read while the session may still hold these bytes.
+    const bytes = Buffer.from(buffer.subarray(0, bytesRead));
+    if (current === undefined) {
+      const stream = new PortSessionStream(writer);
+      let session: ServedSession | void = undefined;
+      try {
+        session = serve(stream);
+      } catch (error) {
+        logProblem("could not start a session", error);
+        stream.destroy();
+      }
+      current = { stream, session };
+    }
+    // A session that ended on our side (protocol error, GOAWAY) swallows the rest of this connection until EOF.
+    current.stream.deliver(bytes);
+  }
+  current?.stream.hostDisconnected();
+  current?.session?.close();
+}
+
+/**
+ * Serializes writes to the port across sessions. A write that a session queued but that had not started when its
+ * host disconnected is dropped: otherwise it would block until the next host connects and then corrupt that new
+ * connection's byte stream. (A write already inside the kernel cannot be recalled; the next host then sees a
+ * corrupt preface, fails, and its retry gets a clean session.)
+ */
+class PortWriter {
+  #tail: Promise<void> = Promise.resolve();
+
+  constructor(private readonly port: PortIo) {}
+
+  write(data: Uint8Array, stillWanted: () => boolean): Promise<void> {
+    const done = this.#tail.then(async () => {
+      let offset = 0;
+      while (offset < data.length && stillWanted()) {
+        offset += await this.port.write(data.subarray(offset));
+      }
+    });
+    this.#tail = done.catch(() => undefined);
+    return done;
+  }
+}
+
+/**
+ * The Duplex one HTTP/2 session runs over: reads are fed by the session loop, writes go to the shared port.
+ *
+ * Incoming bytes are pushed without waiting for the session to want them. The loop must keep reading the port
+ * no matter what the session does, because reading is the only way to notice that the host went away (Node's
+ * HTTP/2 layer stops reading while one of its writes is pending, and a write to a port whose host has gone blocks
+ * until some host connects: waiting for the session here would deadlock). Memory stays bounded because HTTP/2 flow
+ * control limits what an honest host sends ahead; a host that floods past {@link maxQueuedInputBytes} loses its
+ * session.
+ */
+class PortSessionStream extends Duplex {
+  #hostGone = false;
+
+  constructor(private readonly writer: PortWriter) {
+    super({ allowHalfOpen: false });
+  }
+
+  deliver(bytes: Buffer): void {
+    if (this.destroyed || this.#hostGone) return;
+    this.push(bytes);
+    if (this.readableLength > maxQueuedInputBytes) {
+      logProblem(`host sent more than ${maxQueuedInputBytes} bytes the session did not consume; dropping the session`);
+      this.destroy();
+    }
+  }
+
+  /** EOF on the port: the host is gone. Nothing more is written for this session. */
+  hostDisconnected(): void {
+    this.#hostGone = true;
+    this.push(null);
+    this.destroy();
+  }
+
+  override _read(): void {
+    // Data is pushed by the session loop as it arrives.
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.#send(chunk, callback);
+  }
+
+  override _writev(chunks: Array<{ chunk: Buffer }>, callback: (error?: Error | null) => void): void {
+    // HTTP/2 emits many small frames at once; one write(2) for all of them matters under slow emulation.
+    this.#send(Buffer.concat(chunks.map(({ chunk }) => chunk)), callback);
+  }
+
+  #send(data: Buffer, callback: (error?: Error | null) => void): void {
+    if (this.#hostGone) return callback();
+    this.writer.write(data, () => !this.#hostGone).then(
+      () => callback(),
+      (error: Error) => callback(error),
+    );
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    callback();
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,2 @@
+/** Reported in health responses; keep in step with package.json. */
+export const AGENT_VERSION = "0.1.0";

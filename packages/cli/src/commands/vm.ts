@@ -1,0 +1,75 @@
+import type { Command } from "commander";
+import { constants } from "node:os";
+import { ensureGuestImage, Vm, VmError } from "@codecourier/engine";
+import { fail, parsePositiveInt, progress } from "../progress.js";
+
+/** Exit status a shell would give for a command killed by this signal. */
+function signalExitCode(signal: string): number {
+  const number = (constants.signals as Record<string, number>)[signal];
+  return 128 + (number ?? 1);
+}
+
+export function registerVmCommands(program: Command): void {
+  const vm = program.command("vm").description("Run throwaway microVMs directly on this host (no server needed)");
+  vm.command("run")
+    .description("Boot a VM from the base image, run a command in it, stream its output and tear the VM down")
+    .option("-m, --memory <MB>", "guest memory in MiB", parsePositiveInt("memory"), 512)
+    .option("-c, --cpus <N>", "virtual CPUs", parsePositiveInt("cpus"), 1)
+    .option("--shell", "run the arguments as one /bin/sh -c command line")
+    .option("--cwd <dir>", "working directory in the guest", "/root")
+    .option("-e, --env <KEY=VALUE...>", "environment variables for the command")
+    .argument("<command...>", "the command and its arguments (after --)")
+    .action(async (command: string[], opts: { memory: number; cpus: number; shell?: boolean; cwd: string; env?: string[] }) => {
+      const env: Record<string, string> = {};
+      for (const pair of opts.env ?? []) {
+        const eq = pair.indexOf("=");
+        if (eq <= 0) fail(`--env expects KEY=VALUE, got "${pair}"`, 2);
+        env[pair.slice(0, eq)] = pair.slice(eq + 1);
+      }
+      const started = Date.now();
+      const image = await ensureGuestImage((line) => progress(line));
+      let machine: Vm;
+      try {
+        machine = await Vm.boot({ image, memoryMiB: opts.memory, cpus: opts.cpus });
+      } catch (error) {
+        fail(error instanceof VmError ? error.message : String(error));
+      }
+      progress(`${machine.id} ready in ${Date.now() - started} ms (accelerator: ${machine.accel}, kernel ${image.kernelVersion})`);
+      const stop = () => void machine.stop().finally(() => process.exit(130));
+      process.once("SIGINT", stop);
+      process.once("SIGTERM", stop);
+      let exitCode = 1;
+      try {
+        const forwardStdin = !process.stdin.isTTY;
+        const handle = machine.agent.exec(
+          {
+            ...(opts.shell ? { shell: command.join(" ") } : { argv: command }),
+            env,
+            cwd: opts.cwd,
+            stdin: forwardStdin,
+          },
+          forwardStdin ? { stdin: process.stdin } : {},
+        );
+        handle.stdout.pipe(process.stdout);
+        handle.stderr.pipe(process.stderr);
+        const exit = await handle.wait();
+        await Promise.all([finished(handle.stdout), finished(handle.stderr)]);
+        if (exit.spawnError) process.stderr.write(`codecourier: ${exit.spawnError}\n`);
+        exitCode = exit.exitCode ?? signalExitCode(exit.signal ?? "SIGKILL");
+      } catch (error) {
+        process.stderr.write(`codecourier: ${(error as Error).message}\n`);
+      } finally {
+        await machine.stop();
+      }
+      process.exit(exitCode);
+    });
+}
+
+function finished(stream: NodeJS.ReadableStream): Promise<void> {
+  return new Promise((resolve) => {
+    if ((stream as { readableEnded?: boolean }).readableEnded) return resolve();
+    stream.once("end", resolve);
+    stream.once("close", resolve);
+    stream.once("error", () => resolve());
+  });
+}

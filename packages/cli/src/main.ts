@@ -1,0 +1,15 @@
+#!/usr/bin/env node
+import { Command } from "commander";
+import { registerVmCommands } from "./commands/vm.js";
+import { registerInfoCommand } from "./commands/info.js";
+
+const program = new Command()
+  .name("codecourier")
+  .description("Give every AI agent its own Linux microVM")
+  .version("0.1.0")
+  .showHelpAfterError();
+
+registerVmCommands(program);
+registerInfoCommand(program);
+
+await program.parseAsync(process.argv);

@@ -1,0 +1,492 @@
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import { createWriteStream } from "node:fs";
+import { mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "node:fs/promises";
+import { createServer as createHttp2Server, type ServerHttp2Stream } from "node:http2";
+import { createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { after, before, describe, it } from "node:test";
+import { createAgent, type Agent, type AgentSession } from "@codecourier/agent";
+import { AgentPath, EXEC_ID_HEADER, OutputKind, encodeRecord } from "@codecourier/protocol";
+import {
+  AgentClient,
+  AgentDisconnectedError,
+  AgentError,
+  AgentProtocolError,
+  AgentTimeoutError,
+  type CommandHandle,
+} from "./index.js";
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function listen(server: Server, path: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(path, () => resolve());
+  });
+}
+
+/** The agent served in-process on a Unix socket, the way QEMU exposes the guest's port to the host. */
+async function startAgent(agent: Agent = createAgent()) {
+  const dir = await mkdtemp(join(tmpdir(), "cc-agent-test-"));
+  const socketPath = join(dir, "agent.sock");
+  const sessions: AgentSession[] = [];
+  const sockets = new Set<Socket>();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    sessions.push(agent.serveSession(socket));
+  });
+  await listen(server, socketPath);
+  return {
+    agent,
+    dir,
+    socketPath,
+    sessions,
+    async stop() {
+      agent.killAllCommands();
+      for (const session of sessions) session.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Processes of a process group that are still alive (zombies excluded). */
+async function liveProcessesInGroup(pgid: number): Promise<number[]> {
+  const live: number[] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = await readFile(`/proc/${entry}/stat`, "utf8").catch(() => "");
+    // Fields after the parenthesised command name: state, ppid, pgrp, ...
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    if (Number(fields[2]) === pgid && fields[0] !== "Z") live.push(Number(entry));
+  }
+  return live;
+}
+
+async function firstLine(command: CommandHandle): Promise<string> {
+  let text = "";
+  for await (const chunk of command.stdout) {
+    text += String(chunk);
+    if (text.includes("\n")) break;
+  }
+  return text.split("\n")[0] ?? "";
+}
+
+describe("AgentClient against the in-process agent", () => {
+  let harness: Awaited<ReturnType<typeof startAgent>>;
+  let client: AgentClient;
+
+  before(async () => {
+    harness = await startAgent();
+    client = await AgentClient.connect(harness.socketPath, { timeoutMs: 5_000 });
+  });
+
+  after(async () => {
+    await client.close();
+    await harness.stop();
+  });
+
+  it("reports health", async () => {
+    const health = await client.health();
+    assert.equal(health.ok, true);
+    assert.equal(health.bootId, harness.agent.bootId);
+    assert.equal(health.sessionId, harness.sessions.at(-1)?.sessionId);
+  });
+
+  it("runs argv and shell commands with their exit codes", async () => {
+    const echo = await client.run({ argv: ["echo", "hello", "world"] });
+    assert.equal(echo.stdout.toString(), "hello world\n");
+    assert.equal(echo.exitCode, 0);
+    assert.equal(echo.signal, null);
+    assert.equal(echo.timedOut, false);
+
+    const shell = await client.run({ shell: "echo \"$GREETING\" from $(pwd); exit 7", env: { GREETING: "hi" }, cwd: "/tmp" });
+    assert.equal(shell.stdout.toString(), "hi from /tmp\n");
+    assert.equal(shell.exitCode, 7);
+  });
+
+  it("reports death by signal", async () => {
+    const result = await client.run({ shell: "kill -TERM $$" });
+    assert.equal(result.exitCode, null);
+    assert.equal(result.signal, "SIGTERM");
+  });
+
+  it("keeps stdout and stderr separate and in order", async () => {
+    const result = await client.run({ shell: "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done" });
+    assert.equal(result.stdout.toString(), "out1\nout2\nout3\nout4\nout5\n");
+    assert.equal(result.stderr.toString(), "err1\nerr2\nerr3\nerr4\nerr5\n");
+  });
+
+  it("round-trips stdin from a buffer and from a stream", async () => {
+    assert.equal((await client.run({ argv: ["cat"] }, { stdin: "ping\n" })).stdout.toString(), "ping\n");
+    const data = randomBytes(3 * 1024 * 1024 + 17);
+    const chunks = Array.from({ length: Math.ceil(data.length / 65_536) }, (_, i) => data.subarray(i * 65_536, (i + 1) * 65_536));
+    const result = await client.run({ argv: ["cat"] }, { stdin: Readable.from(chunks) });
+    assert.ok(result.stdout.equals(data));
+    const noStdin = await client.run({ shell: "cat; echo done", stdin: false }, { stdin: "ignored" });
+    assert.equal(noStdin.stdout.toString(), "done\n");
+  });
+
+  it("runs 20 commands concurrently", async () => {
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => client.run({ shell: `sleep 0.2; echo ${i}; echo e${i} >&2` })),
+    );
+    results.forEach((result, i) => {
+      assert.equal(result.stdout.toString(), `${i}\n`);
+      assert.equal(result.stderr.toString(), `e${i}\n`);
+      assert.equal(result.exitCode, 0);
+    });
+  });
+
+  it("kills the whole process group", async () => {
+    const command = client.exec({ shell: "echo $$; sleep 100 & sleep 100 & wait" });
+    const pgid = Number(await firstLine(command));
+    assert.ok(pgid > 1);
+    for (let i = 0; i < 100 && (await liveProcessesInGroup(pgid)).length < 3; i++) await sleep(10);
+    assert.equal((await liveProcessesInGroup(pgid)).length, 3, "sh and two sleeps");
+    await command.kill();
+    const exit = await command.wait();
+    assert.equal(exit.signal, "SIGKILL");
+    for (let i = 0; i < 100 && (await liveProcessesInGroup(pgid)).length > 0; i++) await sleep(10);
+    assert.deepEqual(await liveProcessesInGroup(pgid), []);
+    await command.kill(); // a no-op once finished
+  });
+
+  it("delivers other signals to the command", async () => {
+    const command = client.exec({ shell: "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.05; done" });
+    assert.equal(await firstLine(command), "ready");
+    await command.kill("SIGTERM");
+    const exit = await command.wait();
+    assert.equal(exit.exitCode, 3);
+  });
+
+  it("kills commands that exceed their timeout", async () => {
+    const started = Date.now();
+    const result = await client.run({ shell: "echo start; sleep 100", timeoutMs: 300 });
+    assert.equal(result.timedOut, true);
+    assert.equal(result.signal, "SIGKILL");
+    assert.equal(result.stdout.toString(), "start\n");
+    assert.ok(Date.now() - started < 5_000);
+  });
+
+  it("cancels the command when the caller aborts", async () => {
+    const controller = new AbortController();
+    const command = client.exec({ shell: "echo $$; exec sleep 100" }, { signal: controller.signal });
+    const pgid = Number(await firstLine(command));
+    controller.abort();
+    await assert.rejects(command.wait(), { name: "AbortError" });
+    for (let i = 0; i < 100 && (await liveProcessesInGroup(pgid)).length > 0; i++) await sleep(10);
+    assert.deepEqual(await liveProcessesInGroup(pgid), []);
+  });
+
+  it("streams 50 MB of stdout intact", async () => {
+    const size = 50 * 1024 * 1024;
+    const file = join(harness.dir, "big.bin");
+    const expected = createHash("sha256");
+    await new Promise<void>((resolve, reject) => {
+      const out = createWriteStream(file);
+      out.on("error", reject);
+      for (let written = 0; written < size; written += 1024 * 1024) {
+        const block = randomBytes(1024 * 1024);
+        expected.update(block);
+        out.write(block);
+      }
+      out.end(resolve);
+    });
+    const command = client.exec({ argv: ["cat", file] });
+    const actual = createHash("sha256");
+    let received = 0;
+    for await (const chunk of command.stdout as AsyncIterable<Buffer>) {
+      actual.update(chunk);
+      received += chunk.length;
+    }
+    assert.equal((await command.wait()).exitCode, 0);
+    assert.equal(received, size);
+    assert.equal(actual.digest("hex"), expected.digest("hex"));
+  });
+
+  it("applies backpressure to a command whose output is not read", async () => {
+    const command = client.exec({ shell: "head -c 20000000 /dev/zero; echo finished >&2" });
+    await command.id;
+    await sleep(500);
+    assert.equal(harness.agent.commands.size, 1, "the command is blocked writing, not finished");
+    let received = 0;
+    for await (const chunk of command.stdout as AsyncIterable<Buffer>) received += chunk.length;
+    assert.equal(received, 20_000_000);
+    assert.equal((await command.wait()).exitCode, 0);
+  });
+
+  it("enforces the collected output limit of run()", async () => {
+    await assert.rejects(client.run({ shell: "head -c 100000 /dev/zero" }, { maxOutputBytes: 1000 }), {
+      name: "AgentError",
+      code: "too_large",
+    });
+  });
+
+  it("reports spawn errors as exit records", async () => {
+    const missing = await client.run({ argv: ["/nonexistent/binary"] });
+    assert.equal(missing.exitCode, 127);
+    assert.match(missing.spawnError ?? "", /ENOENT/);
+    const badCwd = await client.run({ argv: ["true"], cwd: "/nonexistent-dir" });
+    assert.equal(badCwd.exitCode, 127);
+    assert.match(badCwd.spawnError ?? "", /working directory/);
+    const badUser = await client.run({ argv: ["true"], user: "no-such-user-here" });
+    assert.equal(badUser.exitCode, 126);
+    assert.match(badUser.spawnError ?? "", /unknown user/);
+  });
+
+  it("rejects invalid specs with AgentError bad_request", async () => {
+    const command = client.exec({ argv: ["true"], shell: "true" });
+    await assert.rejects(command.wait(), { name: "AgentError", code: "bad_request", status: 400 });
+    await assert.rejects(command.id, AgentError);
+  });
+
+  it("writes, reads, stats and lists files", async () => {
+    const dir = join(harness.dir, "files");
+    await mkdir(dir);
+    const path = join(dir, "hello.txt");
+    const written = await client.writeFile(path, "hello\n", { mode: 0o600 });
+    assert.deepEqual([written.type, written.size, written.mode], ["file", 6, 0o600]);
+    assert.equal(await readFile(path, "utf8"), "hello\n");
+    assert.equal((await client.readFileBuffer(path)).toString(), "hello\n");
+
+    const big = randomBytes(2 * 1024 * 1024);
+    await client.writeFile(path, Readable.from([big.subarray(0, 1_000_000), big.subarray(1_000_000)]));
+    const chunks: Buffer[] = [];
+    for await (const chunk of client.readFile(path) as AsyncIterable<Buffer>) chunks.push(chunk);
+    assert.ok(Buffer.concat(chunks).equals(big));
+    assert.equal((await client.stat(path)).mode, 0o600, "replacing keeps the mode");
+
+    await mkdir(join(dir, "sub"));
+    await symlink("hello.txt", join(dir, "link"));
+    assert.deepEqual(await client.list(dir), [
+      { name: "hello.txt", type: "file" },
+      { name: "link", type: "symlink" },
+      { name: "sub", type: "directory" },
+    ]);
+    assert.equal((await client.stat(join(dir, "link"))).type, "symlink");
+    assert.deepEqual(
+      (await readdir(dir)).filter((name) => name.includes("cc-upload")),
+      [],
+      "no temporary files left behind",
+    );
+
+    await assert.rejects(client.readFileBuffer(join(dir, "missing")), { name: "AgentError", code: "not_found", status: 404 });
+    await assert.rejects(client.readFileBuffer(dir), { code: "is_directory" });
+    await assert.rejects(client.list(path), { code: "not_directory" });
+    await assert.rejects(client.stat("relative/path"), { code: "bad_request" });
+    await assert.rejects(client.writeFile(join(dir, "no-such-dir", "x"), "x"), { code: "not_found" });
+    await assert.rejects(client.readFileBuffer(path, { maxBytes: 1000 }), { code: "too_large" });
+    const failedRead = client.readFile(join(dir, "missing"));
+    await assert.rejects(async () => {
+      for await (const _ of failedRead) void _;
+    }, { code: "not_found" });
+  });
+});
+
+describe("reconnecting", () => {
+  it("serves a new session on the same agent after the client reconnects", async () => {
+    const harness = await startAgent();
+    try {
+      const first = await AgentClient.connect(harness.socketPath);
+      const firstHealth = await first.health();
+      const running = first.exec({ argv: ["sleep", "100"] });
+      await running.id;
+      assert.equal(harness.agent.commands.size, 1);
+      await first.close();
+      assert.ok(first.closed);
+      await assert.rejects(first.health(), AgentDisconnectedError);
+      await assert.rejects(running.wait(), AgentDisconnectedError);
+      for (let i = 0; i < 200 && harness.agent.commands.size > 0; i++) await sleep(10);
+      assert.equal(harness.agent.commands.size, 0, "the abandoned command was killed");
+
+      const second = await AgentClient.connect(harness.socketPath);
+      const secondHealth = await second.health();
+      assert.equal(secondHealth.bootId, firstHealth.bootId);
+      assert.notEqual(secondHealth.sessionId, firstHealth.sessionId);
+      assert.equal((await second.run({ argv: ["echo", "again"] })).stdout.toString(), "again\n");
+      await second.close();
+    } finally {
+      await harness.stop();
+    }
+  });
+
+  it("fails to connect when nothing listens", async () => {
+    await assert.rejects(AgentClient.connect(join(tmpdir(), "cc-no-such-socket.sock")), AgentDisconnectedError);
+  });
+});
+
+/** A fake "guest" on a Unix socket that answers with whatever bytes `respond` writes. */
+async function withHostilePeer(respond: (socket: Socket) => void, check: (socketPath: string) => Promise<void>) {
+  const dir = await mkdtemp(join(tmpdir(), "cc-hostile-"));
+  const socketPath = join(dir, "agent.sock");
+  const sockets = new Set<Socket>();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on("error", () => {});
+    socket.on("data", () => {});
+    respond(socket);
+  });
+  await listen(server, socketPath);
+  try {
+    await check(socketPath);
+  } finally {
+    for (const socket of sockets) socket.destroy();
+    await new Promise((resolve) => server.close(resolve));
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function frameHeader(length: number, type: number, flags: number, streamId: number): Buffer {
+  const header = Buffer.alloc(9);
+  header.writeUIntBE(length, 0, 3);
+  header.writeUInt8(type, 3);
+  header.writeUInt8(flags, 4);
+  header.writeUInt32BE(streamId, 5);
+  return header;
+}
+
+describe("hostile guest", () => {
+  const connectQuickly = async (socketPath: string, expected: new (...args: never[]) => Error) => {
+    const started = Date.now();
+    await assert.rejects(AgentClient.connect(socketPath, { timeoutMs: 5_000 }), expected);
+    assert.ok(Date.now() - started < 1_000, `rejected after ${Date.now() - started} ms`);
+  };
+
+  it("rejects random bytes", () =>
+    withHostilePeer(
+      (socket) => socket.write(randomBytes(4096)),
+      (path) => connectQuickly(path, AgentProtocolError),
+    ));
+
+  it("rejects an HTTP/1 answer", () =>
+    withHostilePeer(
+      (socket) => socket.end("HTTP/1.1 400 Bad Request\r\n\r\n"),
+      (path) => connectQuickly(path, AgentProtocolError),
+    ));
+
+  it("rejects a SETTINGS frame header announcing a huge payload", () =>
+    withHostilePeer(
+      (socket) => socket.write(Buffer.concat([frameHeader(0xffffff, 0x4, 0, 0), Buffer.alloc(64)])),
+      (path) => connectQuickly(path, AgentProtocolError),
+    ));
+
+  it("rejects a huge frame after a valid preface", () =>
+    withHostilePeer(
+      (socket) => socket.write(Buffer.concat([frameHeader(0, 0x4, 0, 0), frameHeader(0xfffff0, 0x0, 0, 1)])),
+      (path) => connectQuickly(path, AgentProtocolError),
+    ));
+
+  it("reports a peer that hangs up as disconnected", () =>
+    withHostilePeer(
+      (socket) => socket.end(),
+      (path) => connectQuickly(path, AgentDisconnectedError),
+    ));
+
+  it("times out on a silent peer", () =>
+    withHostilePeer(
+      () => {},
+      async (path) => {
+        const started = Date.now();
+        await assert.rejects(AgentClient.connect(path, { timeoutMs: 300 }), AgentTimeoutError);
+        assert.ok(Date.now() - started < 2_000);
+      },
+    ));
+});
+
+/**
+ * A fake agent that speaks valid HTTP/2 but answers with malformed content. Health is correct, so the client
+ * connects; the individual responses then break the protocol.
+ */
+async function withLyingAgent(check: (client: AgentClient) => Promise<void>) {
+  const dir = await mkdtemp(join(tmpdir(), "cc-lying-"));
+  const socketPath = join(dir, "agent.sock");
+  const http2 = createHttp2Server();
+  http2.on("stream", (stream: ServerHttp2Stream, headers) => {
+    stream.on("error", () => {});
+    const path = String(headers[":path"]);
+    const json = (body: unknown) => {
+      stream.respond({ ":status": 200, "content-type": "application/json" });
+      stream.end(JSON.stringify(body));
+    };
+    const exec = (body: Buffer | Uint8Array, idHeader = "cmd-1") => {
+      stream.respond({ ":status": 200, [EXEC_ID_HEADER]: idHeader });
+      stream.end(body);
+    };
+    const exitRecord = encodeRecord(OutputKind.exit, Buffer.from(JSON.stringify({ exitCode: 0, signal: null, timedOut: false })));
+    const spec = JSON.parse(Buffer.from(String(headers["cc-exec-spec"] ?? "e30"), "base64url").toString()) as { shell?: string };
+    if (path === AgentPath.health) {
+      return json({ ok: true, protocol: 1, agentVersion: "x", bootId: "b", sessionId: "s", kernel: "k", uptimeMs: 1, runningCommands: 0 });
+    }
+    if (path.startsWith(AgentPath.stat)) {
+      stream.respond({ ":status": 200 });
+      stream.write(Buffer.alloc(1024 * 1024, 0x20));
+      return stream.end(Buffer.alloc(1024 * 1024, 0x20));
+    }
+    if (path.startsWith(AgentPath.list)) return json({ not: "a list" });
+    switch (spec.shell) {
+      case "bad-kind":
+        return exec(Buffer.from([9, 0, 0, 0, 0]));
+      case "huge-record":
+        return exec(Buffer.from([1, 0x7f, 0xff, 0xff, 0xff]));
+      case "no-exit":
+        return exec(encodeRecord(OutputKind.stdout, Buffer.from("hi")));
+      case "bad-exit":
+        return exec(encodeRecord(OutputKind.exit, Buffer.from("{\"exitCode\":\"zero\"}")));
+      case "after-exit":
+        return exec(Buffer.concat([exitRecord, encodeRecord(OutputKind.stdout, Buffer.from("late"))]));
+      case "bad-id":
+        return exec(exitRecord, "../../etc");
+      default:
+        return exec(exitRecord);
+    }
+  });
+  const server = createServer((socket) => http2.emit("connection", socket));
+  await listen(server, socketPath);
+  const client = await AgentClient.connect(socketPath);
+  try {
+    await check(client);
+  } finally {
+    await client.close();
+    await new Promise((resolve) => server.close(resolve));
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+describe("lying agent", () => {
+  it("fails only the affected request on malformed exec streams", () =>
+    withLyingAgent(async (client) => {
+      for (const shell of ["bad-kind", "huge-record", "no-exit", "bad-exit", "after-exit", "bad-id"]) {
+        await assert.rejects(client.run({ shell }), AgentProtocolError, shell);
+        assert.equal((await client.health()).ok, true, `session still usable after ${shell}`);
+      }
+      assert.equal((await client.run({ shell: "fine" })).exitCode, 0);
+    }));
+
+  it("bounds and validates JSON responses", () =>
+    withLyingAgent(async (client) => {
+      await assert.rejects(client.stat("/x"), AgentProtocolError);
+      await assert.rejects(client.list("/x"), AgentProtocolError);
+      assert.equal((await client.health()).ok, true);
+    }));
+});
+
+it("writeFile and exec survive a quick sequence of writes (smoke)", async () => {
+  const harness = await startAgent();
+  const client = await AgentClient.connect(harness.socketPath);
+  try {
+    const path = join(harness.dir, "seq.txt");
+    for (let i = 0; i < 20; i++) await client.writeFile(path, `v${i}`);
+    assert.equal(await readFile(path, "utf8"), "v19");
+    await writeFile(path, "local");
+    assert.equal((await client.readFileBuffer(path)).toString(), "local");
+  } finally {
+    await client.close();
+    await harness.stop();
+  }
+});

@@ -1,0 +1,323 @@
+import { connect as connectHttp2, constants as h2, type ClientHttp2Stream } from "node:http2";
+import { connect as connectSocket } from "node:net";
+import { Readable, type Duplex } from "node:stream";
+import {
+  AGENT_LIMITS,
+  AgentPath,
+  EXEC_SPEC_HEADER,
+  encodeExecSpecHeader,
+  type AgentHealth,
+  type DirEntry,
+  type ExecExit,
+  type ExecSpec,
+  type FileStat,
+} from "@codecourier/protocol";
+import { CommandHandle, type ExecOptions } from "./command.js";
+import { AgentConnection } from "./connection.js";
+import { AgentClientError, AgentDisconnectedError, AgentError, AgentTimeoutError } from "./errors.js";
+import { Http2FrameGuard } from "./frame-guard.js";
+import { parseDirEntries, parseFileStat, parseHealth } from "./validate.js";
+
+export interface ConnectOptions {
+  /** Bound on connecting plus the first health check. Default 10 s. */
+  timeoutMs?: number;
+  /** Bound on each request/response exchange (not on how long a command runs or a download takes). Default 30 s. */
+  requestTimeoutMs?: number;
+}
+
+export interface RunOptions extends ExecOptions {
+  /** Most bytes collected per output stream; more fails the run with AgentError "too_large". Default 64 MiB. */
+  maxOutputBytes?: number;
+}
+
+export interface RunResult extends ExecExit {
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+export interface WriteFileOptions {
+  /** Permission bits, e.g. 0o755. Default: the replaced file's mode, or 0o644 for a new file. */
+  mode?: number;
+}
+
+const defaultConnectTimeoutMs = 10_000;
+const defaultRequestTimeoutMs = 30_000;
+const defaultMaxCollectedBytes = 64 * 1024 * 1024;
+/**
+ * Per-stream receive window: how much one command's output may be in flight before the agent must wait for the
+ * host to read. Also the most the guest can make the host buffer per stream beyond the output streams' own
+ * buffers, so it stays moderate.
+ */
+const streamWindowBytes = 256 * 1024;
+/** Connection-level window, so several busy streams can use the link at once without waiting on each other. */
+const sessionWindowBytes = 8 * 1024 * 1024;
+/**
+ * nghttp2's memory budget for this session in MiB (header tables, queued frames). The guest cannot push DATA
+ * beyond the windows above, so 32 MiB is ample headroom; past it Node refuses new streams rather than growing.
+ */
+const maxSessionMemoryMiB = 32;
+/** Leave room for the pseudo-headers and the rest of the header block. */
+const maxExecSpecHeaderBytes = AGENT_LIMITS.maxHeaderListSize - 1024;
+
+/**
+ * Host-side client of the guest agent: HTTP/2 over the virtio-serial port's Unix socket. The guest is untrusted:
+ * every response is size-bounded and validated, and a misbehaving guest fails requests (or the session) with
+ * typed errors instead of hurting the host.
+ */
+export class AgentClient {
+  readonly #connection: AgentConnection;
+
+  private constructor(transport: Duplex, options: ConnectOptions) {
+    let connection: AgentConnection | undefined;
+    const guard = new Http2FrameGuard(transport, (error) => connection?.fail(error));
+    const session = connectHttp2("http://agent", {
+      createConnection: () => guard,
+      settings: {
+        enablePush: false,
+        maxFrameSize: AGENT_LIMITS.maxFrameSize,
+        maxHeaderListSize: AGENT_LIMITS.maxHeaderListSize,
+        initialWindowSize: streamWindowBytes,
+      },
+      maxSessionMemory: maxSessionMemoryMiB,
+      maxHeaderListPairs: 64,
+      peerMaxConcurrentStreams: AGENT_LIMITS.maxConcurrentStreams,
+    });
+    session.once("connect", () => {
+      try {
+        session.setLocalWindowSize(sessionWindowBytes);
+      } catch {
+        // Session already gone; the failure surfaces through the pending requests.
+      }
+    });
+    connection = new AgentConnection(session, options.requestTimeoutMs ?? defaultRequestTimeoutMs);
+    this.#connection = connection;
+  }
+
+  /** Connects to the Unix socket QEMU exposes for the agent's port and checks the agent answers. */
+  static async connect(socketPath: string, options: ConnectOptions = {}): Promise<AgentClient> {
+    const timeoutMs = options.timeoutMs ?? defaultConnectTimeoutMs;
+    const deadline = Date.now() + timeoutMs;
+    const socket = connectSocket(socketPath);
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new AgentTimeoutError(`connecting to ${socketPath} took longer than ${timeoutMs} ms`));
+      }, timeoutMs);
+      socket.once("connect", () => {
+        clearTimeout(timer);
+        socket.off("error", onError);
+        resolve();
+      });
+      const onError = (error: Error) => {
+        clearTimeout(timer);
+        reject(new AgentDisconnectedError(`cannot connect to ${socketPath}: ${error.message}`, { cause: error }));
+      };
+      socket.once("error", onError);
+    });
+    return AgentClient.#establish(socket, options, deadline);
+  }
+
+  /** Runs the client over an already connected byte stream (tests, custom transports). */
+  static async overStream(stream: Duplex, options: ConnectOptions = {}): Promise<AgentClient> {
+    return AgentClient.#establish(stream, options, Date.now() + (options.timeoutMs ?? defaultConnectTimeoutMs));
+  }
+
+  static async #establish(transport: Duplex, options: ConnectOptions, deadline: number): Promise<AgentClient> {
+    const client = new AgentClient(transport, options);
+    try {
+      await client.#health(Math.max(1, deadline - Date.now()));
+    } catch (error) {
+      await client.close();
+      throw error;
+    }
+    return client;
+  }
+
+  /** True once the session has ended; reconnecting means calling connect() again. */
+  get closed(): boolean {
+    return this.#connection.isClosed;
+  }
+
+  health(): Promise<AgentHealth> {
+    return this.#health(this.#connection.requestTimeoutMs);
+  }
+
+  async #health(timeoutMs: number): Promise<AgentHealth> {
+    return parseHealth(await this.#unary("GET", AgentPath.health, undefined, timeoutMs));
+  }
+
+  /** Starts a command. Never throws: failures (including a refused start) reject `id` and `wait()`. */
+  exec(spec: ExecSpec, options: ExecOptions = {}): CommandHandle {
+    const encodedSpec = encodeExecSpecHeader(spec);
+    const connection = this.#connection;
+    return new CommandHandle(
+      connection,
+      (endStream) => {
+        if (encodedSpec.length > maxExecSpecHeaderBytes) {
+          throw new AgentError("bad_request", `exec spec is too large (${encodedSpec.length} bytes encoded)`);
+        }
+        return connection.open("POST", AgentPath.exec, { [EXEC_SPEC_HEADER]: encodedSpec }, endStream);
+      },
+      (id, signal) => this.#signal(id, signal),
+      { ...options, stdinEnabled: spec.stdin !== false },
+    );
+  }
+
+  /** Runs a command to completion and collects its output (each stream bounded by `maxOutputBytes`). */
+  async run(spec: ExecSpec, options: RunOptions = {}): Promise<RunResult> {
+    const maxBytes = options.maxOutputBytes ?? defaultMaxCollectedBytes;
+    const command = this.exec(spec, options);
+    const [stdout, stderr, exit] = await Promise.all([
+      collectOutput(command, command.stdout, "stdout", maxBytes),
+      collectOutput(command, command.stderr, "stderr", maxBytes),
+      command.wait(),
+    ]);
+    return { ...exit, stdout, stderr };
+  }
+
+  async #signal(id: string, signal: string): Promise<void> {
+    const body = Buffer.from(JSON.stringify({ signal }), "utf8");
+    await this.#unary("POST", AgentPath.signal(id), body);
+  }
+
+  /** Streams a file's content. Errors (e.g. AgentError "not_found") are emitted on the returned stream. */
+  readFile(path: string): Readable {
+    const connection = this.#connection;
+    let request: ClientHttp2Stream | undefined;
+    /** Set once the outcome is decided (complete body or an error response), so 'close' adds nothing. */
+    let outcomeKnown = false;
+    let paused = false;
+    const output = new Readable({
+      highWaterMark: 64 * 1024,
+      read: () => {
+        // Only undo our own pause: resuming before the 'data' listener exists would drop data.
+        if (paused) request?.resume();
+        paused = false;
+      },
+    });
+    output.on("close", () => {
+      if (request !== undefined && !request.closed) request.close(h2.NGHTTP2_CANCEL);
+    });
+    try {
+      request = connection.open("GET", withPath(AgentPath.file, path));
+    } catch (error) {
+      process.nextTick(() => output.destroy(connection.failureOf(undefined, error)));
+      return output;
+    }
+    const opened = request;
+    opened.on("close", () => {
+      if (!outcomeKnown) output.destroy(connection.failureOf(opened));
+    });
+    connection
+      .responseHead(opened)
+      .then(async ({ status }) => {
+        if (status !== 200) {
+          outcomeKnown = true;
+          output.destroy(await connection.errorResponse(opened, status, Date.now() + connection.requestTimeoutMs));
+          return;
+        }
+        opened.on("data", (chunk: Buffer) => {
+          if (!output.push(chunk)) {
+            paused = true;
+            opened.pause();
+          }
+        });
+        opened.on("end", () => {
+          outcomeKnown = true;
+          output.push(null);
+        });
+      })
+      .catch((error: unknown) => output.destroy(connection.failureOf(opened, error)));
+    return output;
+  }
+
+  /** Reads a whole file into memory; more than `maxBytes` (default 64 MiB) fails with AgentError "too_large". */
+  async readFileBuffer(path: string, { maxBytes = defaultMaxCollectedBytes }: { maxBytes?: number } = {}): Promise<Buffer> {
+    const connection = this.#connection;
+    const request = connection.open("GET", withPath(AgentPath.file, path));
+    const { status } = await connection.responseHead(request);
+    if (status !== 200) throw await connection.errorResponse(request, status, Date.now() + connection.requestTimeoutMs);
+    return connection.readBody(request, maxBytes, undefined, () => new AgentError("too_large", `${path} is larger than ${maxBytes} bytes`));
+  }
+
+  /** Replaces a file atomically (temp file + fsync + rename in the guest) and returns its new metadata. */
+  async writeFile(path: string, data: Buffer | string | Readable, options: WriteFileOptions = {}): Promise<FileStat> {
+    const { mode } = options;
+    if (mode !== undefined && (!Number.isInteger(mode) || mode < 0 || mode > 0o7777)) {
+      throw new RangeError(`invalid file mode: ${mode}`);
+    }
+    const connection = this.#connection;
+    const url = withPath(AgentPath.file, path, mode === undefined ? undefined : { mode: mode.toString(8) });
+    const request = connection.open("PUT", url, {}, false);
+    const head = connection.responseHead(request, connection.requestTimeoutMs, { afterRequestBody: true });
+    let sourceFailure: AgentClientError | undefined;
+    if (data instanceof Readable) {
+      data.pipe(request);
+      data.once("error", (error) => {
+        sourceFailure = new AgentClientError(`the data source failed: ${error.message}`, { cause: error });
+        request.close(h2.NGHTTP2_CANCEL);
+      });
+      request.once("close", () => data.unpipe(request));
+    } else {
+      request.end(data);
+    }
+    let status: number;
+    try {
+      ({ status } = await head);
+    } catch (error) {
+      throw sourceFailure ?? error;
+    }
+    const deadline = Date.now() + connection.requestTimeoutMs;
+    if (status < 200 || status >= 300) throw await connection.errorResponse(request, status, deadline);
+    return parseFileStat(await connection.readJson(request, deadline));
+  }
+
+  async stat(path: string): Promise<FileStat> {
+    return parseFileStat(await this.#unary("GET", withPath(AgentPath.stat, path)));
+  }
+
+  async list(path: string): Promise<DirEntry[]> {
+    return parseDirEntries(await this.#unary("GET", withPath(AgentPath.list, path)));
+  }
+
+  /** Ends the session and closes the socket; in-flight requests fail with AgentDisconnectedError. */
+  close(): Promise<void> {
+    const { session } = this.#connection;
+    if (session.destroyed) return Promise.resolve();
+    const closed = new Promise<void>((resolve) => session.once("close", resolve));
+    this.#connection.close();
+    return closed;
+  }
+
+  /** One request/response exchange with a bounded JSON (or empty) response body, all within `timeoutMs`. */
+  async #unary(method: string, path: string, body?: Buffer, timeoutMs = this.#connection.requestTimeoutMs): Promise<unknown> {
+    const connection = this.#connection;
+    const deadline = Date.now() + timeoutMs;
+    const headers = body === undefined ? {} : { "content-type": "application/json" };
+    const request = connection.open(method, path, headers, body === undefined);
+    if (body !== undefined) request.end(body);
+    const { status } = await connection.responseHead(request, timeoutMs);
+    if (status < 200 || status >= 300) throw await connection.errorResponse(request, status, deadline);
+    if (status === 204) return undefined;
+    return connection.readJson(request, deadline);
+  }
+}
+
+function withPath(endpoint: string, path: string, extra: Record<string, string> = {}): string {
+  return `${endpoint}?${new URLSearchParams({ path, ...extra }).toString()}`;
+}
+
+async function collectOutput(command: CommandHandle, output: Readable, name: string, maxBytes: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of output as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > maxBytes) {
+      const error = new AgentError("too_large", `${name} exceeded ${maxBytes} bytes`);
+      command.cancel(error);
+      throw error;
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, size);
+}

@@ -1,0 +1,114 @@
+import {
+  AGENT_PROTOCOL_VERSION,
+  type AgentErrorBody,
+  type AgentErrorCode,
+  type AgentHealth,
+  type DirEntry,
+  type ExecExit,
+  type FileStat,
+  type FileType,
+} from "@codecourier/protocol";
+import { AgentProtocolError } from "./errors.js";
+
+// Everything here checks JSON that came from the (untrusted) guest before the host relies on its shape.
+
+const fileTypes = new Set<FileType>(["file", "directory", "symlink", "other"]);
+const errorCodes = new Set<AgentErrorCode>([
+  "bad_request",
+  "not_found",
+  "is_directory",
+  "not_directory",
+  "permission_denied",
+  "too_large",
+  "too_many_commands",
+  "internal",
+]);
+const maxIdLength = 128;
+const maxNameLength = 4096;
+
+function fail(what: string): never {
+  throw new AgentProtocolError(`malformed ${what} from the agent`);
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function isBoundedString(value: unknown, maxLength: number): value is string {
+  return typeof value === "string" && value.length <= maxLength;
+}
+
+function isCount(value: unknown): value is number {
+  return typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
+}
+
+export function parseHealth(json: unknown): AgentHealth {
+  if (!isObject(json) || json.ok !== true || typeof json.protocol !== "number") fail("health response");
+  if (json.protocol !== AGENT_PROTOCOL_VERSION) {
+    throw new AgentProtocolError(`agent speaks protocol ${json.protocol}, this host speaks ${AGENT_PROTOCOL_VERSION}`);
+  }
+  const { agentVersion, bootId, sessionId, kernel, uptimeMs, runningCommands } = json;
+  if (
+    !isBoundedString(agentVersion, maxIdLength) ||
+    !isBoundedString(bootId, maxIdLength) ||
+    !isBoundedString(sessionId, maxIdLength) ||
+    !isBoundedString(kernel, maxNameLength) ||
+    !isCount(uptimeMs) ||
+    !isCount(runningCommands)
+  ) {
+    fail("health response");
+  }
+  return { ok: true, protocol: json.protocol, agentVersion, bootId, sessionId, kernel, uptimeMs, runningCommands };
+}
+
+export function parseExecExit(json: unknown): ExecExit {
+  if (!isObject(json)) fail("exit record");
+  const { exitCode, signal, timedOut, spawnError } = json;
+  if (exitCode !== null && !(typeof exitCode === "number" && Number.isInteger(exitCode))) fail("exit record");
+  if (signal !== null && !isBoundedString(signal, 32)) fail("exit record");
+  if (typeof timedOut !== "boolean") fail("exit record");
+  if (spawnError !== undefined && !isBoundedString(spawnError, 64 * 1024)) fail("exit record");
+  const exit: ExecExit = { exitCode, signal, timedOut };
+  if (spawnError !== undefined) exit.spawnError = spawnError;
+  return exit;
+}
+
+export function parseFileStat(json: unknown): FileStat {
+  if (!isObject(json)) fail("file stat");
+  const { path, type, size, mode, mtimeMs } = json;
+  if (
+    !isBoundedString(path, maxNameLength * 4) ||
+    !fileTypes.has(type as FileType) ||
+    !isCount(size) ||
+    !isCount(mode) ||
+    typeof mtimeMs !== "number" ||
+    !Number.isFinite(mtimeMs)
+  ) {
+    fail("file stat");
+  }
+  return { path, type: type as FileType, size, mode, mtimeMs };
+}
+
+export function parseDirEntries(json: unknown): DirEntry[] {
+  if (!Array.isArray(json)) fail("directory listing");
+  return json.map((entry: unknown) => {
+    if (!isObject(entry) || !isBoundedString(entry.name, maxNameLength) || !fileTypes.has(entry.type as FileType)) {
+      fail("directory listing");
+    }
+    return { name: entry.name, type: entry.type as FileType };
+  });
+}
+
+export function parseErrorBody(json: unknown): AgentErrorBody["error"] {
+  const error = isObject(json) ? json.error : undefined;
+  if (!isObject(error) || !errorCodes.has(error.code as AgentErrorCode) || !isBoundedString(error.message, 64 * 1024)) {
+    fail("error response");
+  }
+  return { code: error.code as AgentErrorCode, message: error.message };
+}
+
+/** Command ids travel in URLs and logs: accept only short, plain tokens. */
+export function parseCommandId(value: unknown): string {
+  if (typeof value !== "string" || !/^[A-Za-z0-9_-]{1,128}$/.test(value)) fail("command id");
+  return value;
+}

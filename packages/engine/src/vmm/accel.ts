@@ -1,0 +1,105 @@
+import { constants } from "node:fs";
+import { access, mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { spawn } from "node:child_process";
+import { join } from "node:path";
+import { release } from "node:os";
+import { dataDir } from "../config.js";
+import type { GuestImage } from "../images/guest-image.js";
+import { FLOOR_READY_MARKER } from "../images/floor-initramfs.js";
+import { readIfExists, writeAtomic } from "../util/fs.js";
+import { QEMU_BINARY, qemuArgs, type Accelerator } from "./machine.js";
+import { runTool } from "../util/run-tool.js";
+
+export interface AcceleratorChoice {
+  accel: Accelerator;
+  /** Why this accelerator: the probe's outcome, a cached result, or an override. */
+  reason: string;
+}
+
+const PROBE_TIMEOUT_MS = 20_000;
+
+/** Boots the guest kernel with the busybox-only initramfs and waits for its marker on the serial console. */
+export async function bootToMarker(
+  image: Pick<GuestImage, "kernelPath" | "floorInitramfsPath">,
+  accel: Accelerator,
+  timeoutMs: number,
+): Promise<{ ok: boolean; ms: number; console: string }> {
+  const dir = await mkdtemp(join(dataDir(), "run", "floor-"));
+  const consoleLog = join(dir, "console.log");
+  const args = qemuArgs({
+    accel,
+    memoryMiB: 256,
+    cpus: 1,
+    kernelPath: image.kernelPath,
+    initramfsPath: image.floorInitramfsPath,
+    consoleLog,
+  });
+  const started = performance.now();
+  const child = spawn(QEMU_BINARY, args, { stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4096)));
+  let exited = false;
+  child.on("exit", () => (exited = true));
+  try {
+    // The console is a file QEMU appends to; polling it every few ms is as fast as a pipe and has no
+    // buffering surprises. The marker is the first line userspace prints.
+    while (performance.now() - started < timeoutMs && !exited) {
+      const text = await readFile(consoleLog, "utf8").catch(() => "");
+      if (text.includes(FLOOR_READY_MARKER)) return { ok: true, ms: performance.now() - started, console: text };
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    const text = await readFile(consoleLog, "utf8").catch(() => "");
+    return { ok: false, ms: performance.now() - started, console: text + stderr };
+  } finally {
+    child.kill("SIGKILL");
+    if (!exited) await new Promise((r) => child.once("exit", r));
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function kvmUsable(): Promise<boolean> {
+  try {
+    await access("/dev/kvm", constants.R_OK | constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Chooses KVM when a real boot under it works, TCG otherwise. A PVM host exposes /dev/kvm but a stock guest
+ * kernel crawls or dies under it, so the device's presence proves nothing: only a boot does. The answer is
+ * cached per (host kernel, QEMU version, guest kernel). CODECOURIER_ACCEL=kvm|tcg overrides the probe.
+ */
+export async function chooseAccelerator(
+  image: Pick<GuestImage, "kernelPath" | "floorInitramfsPath" | "id">,
+): Promise<AcceleratorChoice> {
+  const override = process.env.CODECOURIER_ACCEL;
+  if (override === "kvm" || override === "tcg") return { accel: override, reason: `CODECOURIER_ACCEL=${override}` };
+  if (override && override !== "auto") throw new Error(`CODECOURIER_ACCEL must be kvm, tcg or auto, got "${override}"`);
+
+  const qemuVersion = (await runTool(QEMU_BINARY, ["--version"])).toString().split("\n")[0] ?? "";
+  const key = JSON.stringify({ host: release(), qemuVersion, kernel: image.kernelPath });
+  const cacheFile = join(dataDir(), "accel.json");
+  const cached = await readIfExists(cacheFile);
+  if (cached) {
+    try {
+      const parsed = JSON.parse(cached) as { key: string; choice: AcceleratorChoice };
+      if (parsed.key === key) return parsed.choice;
+    } catch {
+      // Unreadable cache: probe again.
+    }
+  }
+  let choice: AcceleratorChoice;
+  if (!(await kvmUsable())) {
+    choice = { accel: "tcg", reason: "/dev/kvm is missing or not accessible" };
+  } else {
+    await mkdir(join(dataDir(), "run"), { recursive: true });
+    const probe = await bootToMarker(image, "kvm", PROBE_TIMEOUT_MS);
+    choice = probe.ok
+      ? { accel: "kvm", reason: `probe boot under KVM reached userspace in ${Math.round(probe.ms)} ms` }
+      : { accel: "tcg", reason: `probe boot under KVM did not reach userspace within ${PROBE_TIMEOUT_MS} ms` };
+  }
+  await writeAtomic(cacheFile, JSON.stringify({ key, choice }, null, 2));
+  return choice;
+}

@@ -1,0 +1,122 @@
+import { readFileSync } from "node:fs";
+import { AGENT_PORT_NAME } from "@codecourier/protocol";
+
+export type Accelerator = "kvm" | "tcg";
+
+/** The device layout and boot parameters of one VM. Everything here is part of what a snapshot must match. */
+export interface MachineSpec {
+  accel: Accelerator;
+  memoryMiB: number;
+  cpus: number;
+  kernelPath: string;
+  initramfsPath: string;
+  /** Omitted for the bare boots of the accelerator probe and the benchmark floor. */
+  systemDiskPath?: string;
+  rootDiskPath?: string;
+  qmpSocket?: string;
+  agentSocket?: string;
+  consoleLog: string;
+  extraKernelArgs?: readonly string[];
+}
+
+export const MEMORY_LIMITS_MIB = { min: 128, max: 64 * 1024 } as const;
+export const CPU_LIMITS = { min: 1, max: 64 } as const;
+
+/**
+ * Kernel command line. Each flag trims boot work that a sandbox does not need; see docs/boot-time.md.
+ * Under TCG the TSC frequency is passed in because the kernel's PIT calibration is unreliable there
+ * (it intermittently fails and the boot then hangs).
+ */
+export function kernelCommandLine(accel: Accelerator, extra: readonly string[] = []): string {
+  const args = [
+    "console=ttyS0",
+    "quiet",
+    "panic=-1",
+    "no_timer_check",
+    "mitigations=off",
+    "cryptomgr.notests",
+    "lsm=capability",
+    "audit=0",
+    "8250.nr_uarts=1",
+    "random.trust_cpu=on",
+    "nokaslr",
+  ];
+  if (accel === "tcg") {
+    const khz = hostTscKhz();
+    if (khz) args.push(`tsc_early_khz=${khz}`);
+  }
+  return [...args, ...extra].join(" ");
+}
+
+let cachedTscKhz: number | undefined | null = null;
+/** The host TSC frequency in kHz (TCG's guest TSC ticks at the host's rate), if /proc/cpuinfo says it. */
+export function hostTscKhz(): number | undefined {
+  if (cachedTscKhz !== null) return cachedTscKhz;
+  const match = /cpu MHz\s*:\s*([\d.]+)/.exec(readFileSync("/proc/cpuinfo", "utf8"));
+  cachedTscKhz = match?.[1] ? Math.round(Number(match[1]) * 1000) : undefined;
+  return cachedTscKhz;
+}
+
+/** The qemu-system-x86_64 argument list for a microvm with our device layout. */
+export function qemuArgs(spec: MachineSpec): string[] {
+  const args = [
+    "-M",
+    "microvm,pit=on,rtc=on",
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    // No host process spawning, no privilege changes, no obsolete syscalls from inside QEMU.
+    "-sandbox",
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    "-m",
+    String(spec.memoryMiB),
+    "-smp",
+    String(spec.cpus),
+    "-kernel",
+    spec.kernelPath,
+    "-initrd",
+    spec.initramfsPath,
+    "-append",
+    kernelCommandLine(spec.accel, spec.extraKernelArgs),
+    "-serial",
+    `file:${spec.consoleLog}`,
+  ];
+  if (spec.accel === "kvm") {
+    // -arch-capabilities: on AMD hosts KVM refuses the MSR ("failed to set MSR 0x10a").
+    args.push("-accel", "kvm", "-cpu", "host,-arch-capabilities");
+  } else {
+    args.push("-accel", "tcg,thread=multi", "-cpu", "max");
+  }
+  if (spec.qmpSocket) args.push("-qmp", `unix:${spec.qmpSocket},server=on,wait=off`);
+  if (spec.agentSocket) {
+    args.push(
+      "-device",
+      "virtio-serial-device,max_ports=2",
+      "-chardev",
+      `socket,id=agent,path=${spec.agentSocket},server=on,wait=off`,
+      "-device",
+      `virtserialport,chardev=agent,name=${AGENT_PORT_NAME}`,
+    );
+  }
+  if (spec.systemDiskPath) {
+    args.push(
+      "-drive",
+      `id=system,file=${spec.systemDiskPath},format=raw,if=none,readonly=on`,
+      "-device",
+      "virtio-blk-device,drive=system",
+    );
+  }
+  if (spec.rootDiskPath) {
+    args.push(
+      "-drive",
+      `id=root,file=${spec.rootDiskPath},format=qcow2,if=none,discard=unmap,cache=writeback`,
+      "-device",
+      "virtio-blk-device,drive=root",
+    );
+  }
+  args.push("-object", "rng-random,id=rng,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng");
+  return args;
+}
+
+export const QEMU_BINARY = process.env.CODECOURIER_QEMU ?? "qemu-system-x86_64";

@@ -1,0 +1,216 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { EventEmitter } from "node:events";
+import { existsSync } from "node:fs";
+import { copyFile, mkdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { dataDir } from "../config.js";
+import type { GuestImage } from "../images/guest-image.js";
+import { AgentClient } from "../agent-client/index.js";
+import { runTool } from "../util/run-tool.js";
+import { chooseAccelerator } from "./accel.js";
+import { VmBootTimeoutError, VmConfigError, VmCrashedError } from "./errors.js";
+import { CPU_LIMITS, MEMORY_LIMITS_MIB, QEMU_BINARY, qemuArgs, type Accelerator } from "./machine.js";
+import { QmpClient } from "./qmp.js";
+import { trackVm, untrackVm } from "./reaper.js";
+
+export interface VmOptions {
+  image: GuestImage;
+  memoryMiB?: number;
+  cpus?: number;
+  /** Default: the probed accelerator (KVM when it really boots, TCG otherwise). */
+  accel?: Accelerator;
+  /** From QEMU spawn to a ready agent. Default 60 s. */
+  bootTimeoutMs?: number;
+}
+
+export type VmState = "booting" | "running" | "stopped" | "crashed";
+
+/** Longest Unix socket path the kernel accepts (sun_path) minus the terminating NUL. */
+const MAX_SOCKET_PATH = 107;
+
+function logsDir(): string {
+  return join(dataDir(), "logs");
+}
+
+/**
+ * One QEMU microVM and its agent connection. Owns its QEMU process and its runtime directory (sockets, disk
+ * overlay, console log): whatever way it ends — stop, kill, crash, boot timeout — both are gone afterwards,
+ * except the console log, which is kept under logs/ when the VM failed.
+ *
+ * Events: "crashed" (VmCrashedError) when QEMU exits without being asked to.
+ */
+export class Vm extends EventEmitter {
+  state: VmState = "booting";
+  #agent: AgentClient | undefined;
+  #qmp: QmpClient | undefined;
+  #exit: Promise<void>;
+  #stopping = false;
+
+  private constructor(
+    readonly id: string,
+    readonly runDir: string,
+    readonly accel: Accelerator,
+    readonly memoryMiB: number,
+    readonly cpus: number,
+    readonly image: GuestImage,
+    private readonly process: ChildProcess,
+  ) {
+    super();
+    this.#exit = new Promise((resolve) => process.once("exit", () => resolve()));
+    process.once("exit", (code, signal) => void this.#onExit(code, signal));
+  }
+
+  get pid(): number | undefined {
+    return this.process.pid;
+  }
+
+  get agent(): AgentClient {
+    if (!this.#agent || this.state !== "running") throw new VmCrashedError(`VM ${this.id} is ${this.state}`, this.id);
+    return this.#agent;
+  }
+
+  get qmp(): QmpClient {
+    if (!this.#qmp) throw new VmCrashedError(`VM ${this.id} has no QMP connection`, this.id);
+    return this.#qmp;
+  }
+
+  get consoleLog(): string {
+    return join(this.runDir, "console.log");
+  }
+
+  /** Boots a VM from the image and resolves once its agent answers. On any failure nothing is left running. */
+  static async boot(options: VmOptions): Promise<Vm> {
+    const memoryMiB = options.memoryMiB ?? 512;
+    const cpus = options.cpus ?? 1;
+    const id = `vm-${randomBytes(6).toString("hex")}`;
+    if (!Number.isInteger(memoryMiB) || memoryMiB < MEMORY_LIMITS_MIB.min || memoryMiB > MEMORY_LIMITS_MIB.max) {
+      throw new VmConfigError(`memory must be an integer from ${MEMORY_LIMITS_MIB.min} to ${MEMORY_LIMITS_MIB.max} MiB, got ${memoryMiB}`, id);
+    }
+    if (!Number.isInteger(cpus) || cpus < CPU_LIMITS.min || cpus > CPU_LIMITS.max) {
+      throw new VmConfigError(`cpus must be an integer from ${CPU_LIMITS.min} to ${CPU_LIMITS.max}, got ${cpus}`, id);
+    }
+    const runDir = join(dataDir(), "run", id);
+    const agentSocket = join(runDir, "agent.sock");
+    if (agentSocket.length > MAX_SOCKET_PATH) {
+      throw new VmConfigError(`data dir path too long for Unix sockets (${agentSocket}); set CODECOURIER_HOME to a shorter path`, id);
+    }
+    const accel = options.accel ?? (await chooseAccelerator(options.image)).accel;
+    await mkdir(runDir, { recursive: true });
+    const overlay = join(runDir, "root.qcow2");
+    try {
+      await runTool("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", options.image.rootDiskPath, overlay]);
+    } catch (error) {
+      await rm(runDir, { recursive: true, force: true });
+      throw error;
+    }
+    const qmpSocket = join(runDir, "qmp.sock");
+    const args = qemuArgs({
+      accel,
+      memoryMiB,
+      cpus,
+      kernelPath: options.image.kernelPath,
+      initramfsPath: options.image.initramfsPath,
+      systemDiskPath: options.image.systemDiskPath,
+      rootDiskPath: overlay,
+      qmpSocket,
+      agentSocket,
+      consoleLog: join(runDir, "console.log"),
+    });
+    const child = spawn(QEMU_BINARY, args, { stdio: ["ignore", "ignore", "pipe"], cwd: runDir });
+    const vm = new Vm(id, runDir, accel, memoryMiB, cpus, options.image, child);
+    trackVm(vm.id, child, runDir);
+    let qemuStderr = "";
+    child.stderr?.on("data", (chunk: Buffer) => (qemuStderr = (qemuStderr + chunk.toString()).slice(-4096)));
+    const timeoutMs = options.bootTimeoutMs ?? 60_000;
+    const deadline = Date.now() + timeoutMs;
+    try {
+      await vm.#connect(qmpSocket, agentSocket, deadline, () => qemuStderr);
+    } catch (error) {
+      const kept = await vm.#teardown(true);
+      if (error instanceof VmCrashedError) throw new VmCrashedError(error.message, id, kept);
+      if (Date.now() >= deadline) {
+        throw new VmBootTimeoutError(`VM ${id} did not become ready within ${timeoutMs} ms`, id, kept, { cause: error });
+      }
+      throw new VmCrashedError(`VM ${id} failed to boot: ${(error as Error).message}`, id, kept, { cause: error });
+    }
+    vm.state = "running";
+    return vm;
+  }
+
+  async #connect(qmpSocket: string, agentSocket: string, deadline: number, stderr: () => string): Promise<void> {
+    const exited = this.#exit.then(() => {
+      throw new VmCrashedError(`QEMU exited during boot: ${stderr().trim() || "no message"}`, this.id);
+    });
+    exited.catch(() => {});
+    const connectAll = async () => {
+      // QEMU creates its listening sockets right after start; before that there is nothing to connect to.
+      while (!(existsSync(qmpSocket) && existsSync(agentSocket))) {
+        if (Date.now() > deadline) throw new Error("QEMU did not create its sockets");
+        await new Promise((r) => setTimeout(r, 2));
+      }
+      this.#qmp = await QmpClient.connect(qmpSocket, Math.max(1, deadline - Date.now()));
+      // Bytes the host sends wait in the socket until the agent opens its port, so connecting now and waiting
+      // for the first health answer is exactly "wait until the agent is ready".
+      this.#agent = await AgentClient.connect(agentSocket, { timeoutMs: Math.max(1, deadline - Date.now()) });
+    };
+    await Promise.race([connectAll(), exited]);
+  }
+
+  /** Opens a new agent session on the same running agent (the old one is closed first). */
+  async reconnectAgent(timeoutMs = 10_000): Promise<AgentClient> {
+    await this.#agent?.close();
+    this.#agent = await AgentClient.connect(join(this.runDir, "agent.sock"), { timeoutMs });
+    return this.#agent;
+  }
+
+  /** Stops the VM (QMP quit, SIGKILL if QEMU does not exit promptly) and removes its runtime directory. */
+  async stop(): Promise<void> {
+    if (this.state === "stopped" || this.state === "crashed") return;
+    this.#stopping = true;
+    await this.#agent?.close().catch(() => {});
+    try {
+      await this.#qmp?.execute("quit", undefined, 2000);
+    } catch {
+      // QEMU may close the monitor before answering; the exit below is what counts.
+    }
+    const exited = await Promise.race([this.#exit.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 3000))]);
+    if (!exited) this.process.kill("SIGKILL");
+    await this.#teardown(false);
+  }
+
+  /** Kills QEMU at once (SIGKILL) and cleans up. */
+  async kill(): Promise<void> {
+    if (this.state === "stopped" || this.state === "crashed") return;
+    this.#stopping = true;
+    await this.#teardown(false);
+  }
+
+  async #onExit(code: number | null, signal: NodeJS.Signals | null): Promise<void> {
+    if (this.#stopping || this.state === "booting") return;
+    const kept = await this.#teardown(true);
+    const error = new VmCrashedError(`VM ${this.id} crashed: QEMU exited (${signal ?? `code ${code}`})`, this.id, kept);
+    this.emit("crashed", error);
+  }
+
+  /** Kills QEMU if still alive, closes connections and removes the runtime dir. Returns the kept console log. */
+  async #teardown(failed: boolean): Promise<string | undefined> {
+    const wasStopped = this.state === "stopped" || this.state === "crashed";
+    this.state = failed ? "crashed" : "stopped";
+    if (wasStopped) return undefined;
+    this.#stopping = true;
+    if (this.process.exitCode === null && this.process.signalCode === null) this.process.kill("SIGKILL");
+    await this.#exit;
+    untrackVm(this.id);
+    await this.#agent?.close().catch(() => {});
+    this.#qmp?.close();
+    let kept: string | undefined;
+    if (failed && existsSync(this.consoleLog)) {
+      await mkdir(logsDir(), { recursive: true });
+      kept = join(logsDir(), `${this.id}-console.log`);
+      await copyFile(this.consoleLog, kept).catch(() => (kept = undefined));
+    }
+    await rm(this.runDir, { recursive: true, force: true });
+    return kept;
+  }
+}

@@ -1,0 +1,258 @@
+/**
+ * The host ↔ guest-agent protocol.
+ *
+ * Transport: HTTP/2 (cleartext, prior knowledge) over one virtio-serial port, named
+ * {@link AGENT_PORT_NAME}. The guest agent is the HTTP/2 server, the host the client. HTTP/2 gives us
+ * multiplexing of many commands, per-stream flow control (backpressure end to end) and bounded frames
+ * without inventing a framing of our own (see docs/decisions/0002-agent-protocol-http2.md).
+ *
+ * Everything the guest sends is untrusted: the host bounds header sizes, frame sizes and every JSON body.
+ */
+
+/** Name of the virtio-serial port the agent listens on (visible in the guest under /sys/class/virtio-ports). */
+export const AGENT_PORT_NAME = "org.codecourier.agent";
+
+/** Protocol version; bumped on any incompatible change. */
+export const AGENT_PROTOCOL_VERSION = 1;
+
+/** HTTP/2 limits both sides apply. */
+export const AGENT_LIMITS = {
+  /** Largest HTTP/2 frame payload either side accepts. */
+  maxFrameSize: 64 * 1024,
+  /** Largest header block (sum of name+value sizes). */
+  maxHeaderListSize: 64 * 1024,
+  /** Largest JSON body (request or response) that is parsed whole. */
+  maxJsonBytes: 1024 * 1024,
+  /** Largest payload of one output record in an exec stream. */
+  maxOutputRecord: 64 * 1024,
+  /** Most commands running at once in one agent. */
+  maxConcurrentCommands: 256,
+  /** Most concurrent HTTP/2 streams per session. */
+  maxConcurrentStreams: 512,
+} as const;
+
+/** Paths served by the agent. */
+export const AgentPath = {
+  health: "/v1/health",
+  exec: "/v1/exec",
+  /** POST /v1/exec/{id}/signal with {@link SignalRequest}. */
+  signal: (id: string) => `/v1/exec/${encodeURIComponent(id)}/signal`,
+  /** GET streams the file's bytes, PUT replaces it atomically with the request body. Query: path, mode (PUT). */
+  file: "/v1/files/content",
+  /** GET ?path= → {@link FileStat}. */
+  stat: "/v1/files/stat",
+  /** GET ?path= → {@link DirEntry}[]. */
+  list: "/v1/files/list",
+} as const;
+
+/** Request header carrying the exec spec as base64url(JSON(ExecSpec)); the request body is the command's stdin. */
+export const EXEC_SPEC_HEADER = "cc-exec-spec";
+/** Response header carrying the command id assigned by the agent. */
+export const EXEC_ID_HEADER = "cc-exec-id";
+
+export interface ExecSpec {
+  /** argv form: executed directly, no shell. Exactly one of argv or shell is set. */
+  argv?: string[];
+  /** Shell form: run as `/bin/sh -c <shell>`. */
+  shell?: string;
+  env?: Record<string, string>;
+  /** Working directory in the guest; default "/". */
+  cwd?: string;
+  /** User name or numeric uid to run as; default root. */
+  user?: string | number;
+  /** Whole-command timeout; the process group gets SIGKILL after it. */
+  timeoutMs?: number;
+  /** When false, the request body is ignored and stdin is /dev/null. Default true. */
+  stdin?: boolean;
+}
+
+/**
+ * The exec response body is a sequence of records: 1 byte kind, 4 bytes big-endian payload length, payload.
+ * stdout and stderr records carry raw bytes (≤ {@link AGENT_LIMITS.maxOutputRecord}); exactly one `exit` record
+ * (JSON {@link ExecExit}) ends the stream.
+ */
+export const OutputKind = { stdout: 1, stderr: 2, exit: 3 } as const;
+export type OutputKindName = keyof typeof OutputKind;
+
+export interface ExecExit {
+  /** Exit code, or null if killed by a signal. */
+  exitCode: number | null;
+  /** Signal name (e.g. "SIGKILL") if the process was killed by one. */
+  signal: string | null;
+  /** True when the agent killed the command because its timeoutMs elapsed. */
+  timedOut: boolean;
+  /** Set when the command could not be started at all (no such file, bad cwd, unknown user). */
+  spawnError?: string;
+}
+
+export interface SignalRequest {
+  signal: string;
+}
+
+export interface AgentHealth {
+  ok: true;
+  protocol: number;
+  agentVersion: string;
+  /** Random per boot of the agent process. */
+  bootId: string;
+  /** Random per HTTP/2 session (changes when the host reconnects). */
+  sessionId: string;
+  kernel: string;
+  uptimeMs: number;
+  runningCommands: number;
+}
+
+export type FileType = "file" | "directory" | "symlink" | "other";
+
+export interface FileStat {
+  path: string;
+  type: FileType;
+  size: number;
+  mode: number;
+  mtimeMs: number;
+}
+
+export interface DirEntry {
+  name: string;
+  type: FileType;
+}
+
+/** JSON error body for any non-2xx agent response. */
+export interface AgentErrorBody {
+  error: { code: AgentErrorCode; message: string };
+}
+
+export type AgentErrorCode =
+  | "bad_request"
+  | "not_found"
+  | "is_directory"
+  | "not_directory"
+  | "permission_denied"
+  | "too_large"
+  | "too_many_commands"
+  | "internal";
+
+// ---------------------------------------------------------------------------------------------------------------
+// Helpers shared by the agent (encoder) and the host client (decoder). Kept free of Node-only APIs except Buffer
+// for base64url, so both sides agree byte for byte.
+// ---------------------------------------------------------------------------------------------------------------
+
+/** Bytes before each record's payload: 1 byte kind + 4 bytes big-endian payload length. */
+export const RECORD_HEADER_BYTES = 5;
+
+/** Content type of the exec response body (a sequence of records). */
+export const EXEC_RECORDS_CONTENT_TYPE = "application/vnd.codecourier.exec-records";
+
+/** Encodes one exec record (header + payload) into a single buffer. */
+export function encodeRecord(kind: number, payload: Uint8Array): Uint8Array {
+  const record = new Uint8Array(RECORD_HEADER_BYTES + payload.length);
+  const view = new DataView(record.buffer, record.byteOffset, record.byteLength);
+  view.setUint8(0, kind);
+  view.setUint32(1, payload.length, false);
+  record.set(payload, RECORD_HEADER_BYTES);
+  return record;
+}
+
+/** Raised by {@link ExecRecordDecoder} when the byte stream does not follow the record format. */
+export class ExecRecordFormatError extends Error {
+  override readonly name = "ExecRecordFormatError";
+}
+
+export interface ExecRecord {
+  kind: OutputKindName;
+  /** May alias the chunk passed to {@link ExecRecordDecoder.push}; copy it if the chunk's memory is reused. */
+  payload: Uint8Array;
+}
+
+const outputKindNames = new Map<number, OutputKindName>(
+  Object.entries(OutputKind).map(([name, code]) => [code, name as OutputKindName]),
+);
+
+/**
+ * Incremental, bounded decoder of the exec record stream. It never holds more than one record's payload
+ * (at most `maxPayload` bytes) plus a 5 byte header, whatever the peer sends.
+ */
+export class ExecRecordDecoder {
+  readonly #maxPayload: number;
+  readonly #header = new Uint8Array(RECORD_HEADER_BYTES);
+  #headerFilled = 0;
+  #kind: OutputKindName = "stdout";
+  /** Payload length of the record being read, or null while reading a header. */
+  #payloadLength: number | null = null;
+  /** Copy buffer, only allocated when a payload spans chunks. */
+  #partial: Uint8Array | null = null;
+  #partialFilled = 0;
+
+  constructor(maxPayload: number = AGENT_LIMITS.maxOutputRecord) {
+    this.#maxPayload = maxPayload;
+  }
+
+  /** True when the bytes fed so far end exactly on a record boundary. */
+  get atRecordBoundary(): boolean {
+    return this.#headerFilled === 0 && this.#payloadLength === null;
+  }
+
+  /** Feeds a chunk; calls `onRecord` for every record it completes. Throws {@link ExecRecordFormatError}. */
+  push(chunk: Uint8Array, onRecord: (record: ExecRecord) => void): void {
+    let offset = 0;
+    for (;;) {
+      if (this.#payloadLength === null) {
+        if (offset === chunk.length) return;
+        const take = Math.min(RECORD_HEADER_BYTES - this.#headerFilled, chunk.length - offset);
+        this.#header.set(chunk.subarray(offset, offset + take), this.#headerFilled);
+        this.#headerFilled += take;
+        offset += take;
+        if (this.#headerFilled < RECORD_HEADER_BYTES) return;
+        this.#readHeader();
+      }
+      const length: number = this.#payloadLength ?? 0;
+      const available = chunk.length - offset;
+      if (this.#partial === null && available >= length) {
+        // Whole payload inside this chunk: hand out a view instead of copying.
+        this.#emit(chunk.subarray(offset, offset + length), onRecord);
+        offset += length;
+        continue;
+      }
+      if (available === 0) return;
+      this.#partial ??= new Uint8Array(length);
+      const take = Math.min(length - this.#partialFilled, available);
+      this.#partial.set(chunk.subarray(offset, offset + take), this.#partialFilled);
+      this.#partialFilled += take;
+      offset += take;
+      if (this.#partialFilled < length) return;
+      this.#emit(this.#partial, onRecord);
+    }
+  }
+
+  #readHeader(): void {
+    const view = new DataView(this.#header.buffer, this.#header.byteOffset, RECORD_HEADER_BYTES);
+    const kindCode = view.getUint8(0);
+    const length = view.getUint32(1, false);
+    this.#headerFilled = 0;
+    const kind = outputKindNames.get(kindCode);
+    if (kind === undefined) throw new ExecRecordFormatError(`unknown record kind ${kindCode}`);
+    if (length > this.#maxPayload) {
+      throw new ExecRecordFormatError(`record of ${length} bytes exceeds the limit of ${this.#maxPayload}`);
+    }
+    this.#kind = kind;
+    this.#payloadLength = length;
+  }
+
+  #emit(payload: Uint8Array, onRecord: (record: ExecRecord) => void): void {
+    this.#payloadLength = null;
+    this.#partial = null;
+    this.#partialFilled = 0;
+    onRecord({ kind: this.#kind, payload });
+  }
+}
+
+/** Encodes an exec spec for {@link EXEC_SPEC_HEADER}: base64url(JSON). */
+export function encodeExecSpecHeader(spec: ExecSpec): string {
+  return Buffer.from(JSON.stringify(spec), "utf8").toString("base64url");
+}
+
+/** Decodes {@link EXEC_SPEC_HEADER}; the result is unvalidated JSON. Throws on malformed base64url or JSON. */
+export function decodeExecSpecHeader(value: string): unknown {
+  if (!/^[A-Za-z0-9_-]*$/.test(value)) throw new SyntaxError("exec spec header is not base64url");
+  return JSON.parse(Buffer.from(value, "base64url").toString("utf8")) as unknown;
+}
