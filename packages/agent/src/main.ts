@@ -1,6 +1,6 @@
 // Entry point of the guest agent (bundled to dist/agent.mjs). Must stay the first import: sizes the threadpool.
 import "./threadpool.js";
-import { createAgent } from "./agent.js";
+import { createAgent } from "./agent-core.js";
 import { logProblem } from "./log.js";
 import { openAgentPort } from "./transport/port.js";
 import { runSessionLoop } from "./transport/session-loop.js";

@@ -192,7 +192,10 @@ export class ExecRecordDecoder {
     return this.#headerFilled === 0 && this.#payloadLength === null;
   }
 
-  /** Feeds a chunk; calls `onRecord` for every record it completes. Throws {@link ExecRecordFormatError}. */
+  /**
+   * Feeds a chunk; calls `onRecord` for every record it completes. Throws {@link ExecRecordFormatError} on a
+   * malformed stream, after which the decoder (and the stream it decodes) must be abandoned.
+   */
   push(chunk: Uint8Array, onRecord: (record: ExecRecord) => void): void {
     let offset = 0;
     for (;;) {

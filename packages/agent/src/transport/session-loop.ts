@@ -38,13 +38,18 @@ export async function runSessionLoop(
   const writer = new PortWriter(port);
   const buffer = Buffer.allocUnsafe(readBufferBytes);
   let current: { stream: PortSessionStream; session: ServedSession | void } | undefined;
+  let lastReadError: string | undefined;
 
   while (!options.signal?.aborted) {
     let bytesRead: number;
     try {
       bytesRead = await port.read(buffer);
+      lastReadError = undefined;
     } catch (error) {
-      logProblem("port read failed", error);
+      // Polled every few ms: report each distinct failure once instead of flooding the console.
+      const description = String(error);
+      if (description !== lastReadError) logProblem("port read failed", error);
+      lastReadError = description;
       await sleep(pollIntervalMs);
       continue;
     }

@@ -3,7 +3,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "node:fs/promises";
 import { createServer as createHttp2Server, type ServerHttp2Stream } from "node:http2";
-import { createServer, type Server, type Socket } from "node:net";
+import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
@@ -316,6 +316,20 @@ describe("reconnecting", () => {
     }
   });
 
+  it("runs over any connected byte stream", async () => {
+    const harness = await startAgent();
+    try {
+      const socket = createConnection(harness.socketPath);
+      await new Promise((resolve) => socket.once("connect", resolve));
+      const client = await AgentClient.overStream(socket);
+      assert.equal((await client.run({ shell: "echo over" })).stdout.toString(), "over\n");
+      await client.close();
+      assert.ok(socket.destroyed);
+    } finally {
+      await harness.stop();
+    }
+  });
+
   it("fails to connect when nothing listens", async () => {
     await assert.rejects(AgentClient.connect(join(tmpdir(), "cc-no-such-socket.sock")), AgentDisconnectedError);
   });
@@ -423,6 +437,10 @@ async function withLyingAgent(check: (client: AgentClient) => Promise<void>) {
     if (path === AgentPath.health) {
       return json({ ok: true, protocol: 1, agentVersion: "x", bootId: "b", sessionId: "s", kernel: "k", uptimeMs: 1, runningCommands: 0 });
     }
+    if (path.includes("huge-header")) {
+      stream.respond({ ":status": 200, "x-filler": "x".repeat(100_000) });
+      return stream.end("{}");
+    }
     if (path.startsWith(AgentPath.stat)) {
       stream.respond({ ":status": 200 });
       stream.write(Buffer.alloc(1024 * 1024, 0x20));
@@ -473,6 +491,8 @@ describe("lying agent", () => {
       await assert.rejects(client.stat("/x"), AgentProtocolError);
       await assert.rejects(client.list("/x"), AgentProtocolError);
       assert.equal((await client.health()).ok, true);
+      // Last: Node's HTTP/2 server, acting as the guest here, gives up the whole session after this one.
+      await assert.rejects(client.list("/huge-header"), AgentProtocolError);
     }));
 });
 

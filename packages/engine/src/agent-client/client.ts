@@ -70,6 +70,8 @@ export class AgentClient {
   private constructor(transport: Duplex, options: ConnectOptions) {
     let connection: AgentConnection | undefined;
     const guard = new Http2FrameGuard(transport, (error) => connection?.fail(error));
+    // Failures reach callers through the session and its requests; an 'error' here must never go unhandled.
+    guard.on("error", () => {});
     const session = connectHttp2("http://agent", {
       createConnection: () => guard,
       settings: {
@@ -213,7 +215,7 @@ export class AgentClient {
       .then(async ({ status }) => {
         if (status !== 200) {
           outcomeKnown = true;
-          output.destroy(await connection.errorResponse(opened, status, Date.now() + connection.requestTimeoutMs));
+          output.destroy(await connection.errorResponse(opened, status));
           return;
         }
         opened.on("data", (chunk: Buffer) => {
@@ -236,8 +238,13 @@ export class AgentClient {
     const connection = this.#connection;
     const request = connection.open("GET", withPath(AgentPath.file, path));
     const { status } = await connection.responseHead(request);
-    if (status !== 200) throw await connection.errorResponse(request, status, Date.now() + connection.requestTimeoutMs);
-    return connection.readBody(request, maxBytes, undefined, () => new AgentError("too_large", `${path} is larger than ${maxBytes} bytes`));
+    if (status !== 200) throw await connection.errorResponse(request, status);
+    // No overall deadline (files can be big), but a guest that stops sending mid-file must not hang the host.
+    return connection.readBody(request, {
+      maxBytes,
+      idleTimeoutMs: connection.requestTimeoutMs,
+      tooLarge: () => new AgentError("too_large", `${path} is larger than ${maxBytes} bytes`),
+    });
   }
 
   /** Replaces a file atomically (temp file + fsync + rename in the guest) and returns its new metadata. */

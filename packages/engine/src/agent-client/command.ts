@@ -149,7 +149,7 @@ export class CommandHandle {
     if (status !== 200) {
       // The stream may close while the error body is read; the body's verdict is the one to report.
       this.#readingErrorBody = true;
-      this.#fail(await this.#connection.errorResponse(request, status, Date.now() + this.#connection.requestTimeoutMs));
+      this.#fail(await this.#connection.errorResponse(request, status));
       return;
     }
     let id: string;

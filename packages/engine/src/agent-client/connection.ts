@@ -18,6 +18,16 @@ import { parseErrorBody } from "./validate.js";
 
 export type ResponseHeaders = IncomingHttpHeaders & IncomingHttpStatusHeader;
 
+export interface BodyLimits {
+  maxBytes: number;
+  /** Absolute time (Date.now() scale) by which the whole body must have arrived. */
+  deadline?: number;
+  /** Longest silence allowed between chunks. */
+  idleTimeoutMs?: number;
+  /** The error for a body over maxBytes; default: a protocol error (the guest sent more than allowed). */
+  tooLarge?: () => AgentClientError;
+}
+
 export interface ResponseHead {
   status: number;
   headers: ResponseHeaders;
@@ -147,14 +157,12 @@ export class AgentConnection {
 
   /**
    * Reads the whole response body, failing (and cancelling the stream) past `maxBytes`: the guest decides how
-   * much it sends, so the host never buffers more than it agreed to.
+   * much it sends, so the host never buffers more than it agreed to. `deadline` bounds the whole read,
+   * `idleTimeoutMs` the silence between chunks.
    */
-  readBody(
-    stream: ClientHttp2Stream,
-    maxBytes: number,
-    deadline?: number,
-    tooLarge = () => new AgentProtocolError(`response body exceeds ${maxBytes} bytes`),
-  ): Promise<Buffer> {
+  readBody(stream: ClientHttp2Stream, limits: BodyLimits): Promise<Buffer> {
+    const { maxBytes, deadline, idleTimeoutMs } = limits;
+    const tooLarge = limits.tooLarge ?? (() => new AgentProtocolError(`response body exceeds ${maxBytes} bytes`));
     return new Promise((resolve, reject) => {
       // An empty body may already have ended (and the stream been destroyed) before anyone listened; a destroyed
       // stream emits nothing more, so without these checks the promise would never settle.
@@ -162,12 +170,18 @@ export class AgentConnection {
       if (stream.destroyed) return reject(this.failureOf(stream));
       const chunks: Buffer[] = [];
       let size = 0;
-      const timer =
-        deadline === undefined
-          ? undefined
-          : setTimeout(() => finish(new AgentTimeoutError("the agent did not finish its response in time")), Math.max(0, deadline - Date.now()));
+      const timeout = (what: string) => () => finish(new AgentTimeoutError(`the agent ${what}`));
+      const deadlineTimer =
+        deadline === undefined ? undefined : setTimeout(timeout("did not finish its response in time"), Math.max(0, deadline - Date.now()));
+      let idleTimer: NodeJS.Timeout | undefined;
+      const armIdleTimer = () => {
+        if (idleTimeoutMs === undefined) return;
+        clearTimeout(idleTimer);
+        idleTimer = setTimeout(timeout(`sent nothing for ${idleTimeoutMs} ms`), idleTimeoutMs);
+      };
       const finish = (error?: AgentClientError) => {
-        clearTimeout(timer);
+        clearTimeout(deadlineTimer);
+        clearTimeout(idleTimer);
         stream.off("data", onData);
         stream.off("end", onEnd);
         stream.off("error", onError);
@@ -180,10 +194,12 @@ export class AgentConnection {
         size += chunk.length;
         if (size > maxBytes) return finish(tooLarge());
         chunks.push(chunk);
+        armIdleTimer();
       };
       const onEnd = () => finish();
       const onError = (error: unknown) => finish(this.failureOf(stream, error));
       const onClose = () => onError(undefined);
+      armIdleTimer();
       stream.on("data", onData);
       stream.on("end", onEnd);
       stream.on("error", onError);
@@ -191,9 +207,9 @@ export class AgentConnection {
     });
   }
 
-  /** Reads and parses a JSON body of at most AGENT_LIMITS.maxJsonBytes. */
-  async readJson(stream: ClientHttp2Stream, deadline?: number): Promise<unknown> {
-    const body = await this.readBody(stream, AGENT_LIMITS.maxJsonBytes, deadline);
+  /** Reads and parses a JSON body of at most AGENT_LIMITS.maxJsonBytes, by `deadline` (default: one request timeout). */
+  async readJson(stream: ClientHttp2Stream, deadline = Date.now() + this.requestTimeoutMs): Promise<unknown> {
+    const body = await this.readBody(stream, { maxBytes: AGENT_LIMITS.maxJsonBytes, deadline });
     try {
       return JSON.parse(body.toString("utf8")) as unknown;
     } catch {
