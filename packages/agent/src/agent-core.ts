@@ -31,6 +31,8 @@ export interface AgentSession {
 export class Agent implements AgentState {
   readonly bootId = randomUUID();
   readonly startedAt = performance.now();
+  /** Filled in by markServing(); zeros until then (in-process tests never call it). */
+  timeline = { processStartMs: 0, servingMs: 0 };
   readonly commands: CommandRegistry<Command>;
   readonly #server: Http2Server;
   readonly #sessionIds = new WeakMap<object, string>();
@@ -38,6 +40,11 @@ export class Agent implements AgentState {
   constructor(options: AgentOptions = {}) {
     this.commands = new CommandRegistry(options.maxConcurrentCommands ?? AGENT_LIMITS.maxConcurrentCommands);
     this.#server = createAgentHttp2Server(this);
+  }
+
+  /** Records the boot timeline in guest-kernel uptime, for the host's boot-time breakdown. */
+  markServing(kernelUptimeMs: number): void {
+    this.timeline = { processStartMs: Math.max(0, Math.round(kernelUptimeMs - performance.now())), servingMs: Math.round(kernelUptimeMs) };
   }
 
   sessionIdOf(stream: ServerHttp2Stream): string {

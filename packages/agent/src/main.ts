@@ -1,5 +1,6 @@
 // Entry point of the guest agent (bundled to dist/agent.mjs). Must stay the first import: sizes the threadpool.
 import "./threadpool.js";
+import { readFileSync } from "node:fs";
 import { createAgent } from "./agent-core.js";
 import { logProblem } from "./log.js";
 import { openAgentPort } from "./transport/port.js";
@@ -11,5 +12,6 @@ process.on("unhandledRejection", (reason) => logProblem("unhandled rejection", r
 
 const agent = createAgent();
 const { device, io } = await openAgentPort();
+agent.markServing(Number(readFileSync("/proc/uptime", "utf8").split(" ")[0]) * 1000);
 logProblem(`serving on ${device} (pid ${process.pid})`);
 await runSessionLoop(io, (duplex) => agent.serveSession(duplex));

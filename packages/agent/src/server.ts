@@ -17,6 +17,7 @@ const streamWindowBytes = 256 * 1024;
 export interface AgentState {
   readonly bootId: string;
   readonly startedAt: number;
+  readonly timeline: { processStartMs: number; servingMs: number };
   readonly commands: CommandRegistry<Command>;
   sessionIdOf(stream: ServerHttp2Stream): string;
 }
@@ -87,6 +88,7 @@ function health(agent: AgentState, stream: ServerHttp2Stream): AgentHealth {
     kernel: release(),
     uptimeMs: Math.round(performance.now() - agent.startedAt),
     runningCommands: agent.commands.size,
+    timeline: agent.timeline,
   };
 }
 

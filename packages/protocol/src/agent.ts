@@ -100,6 +100,8 @@ export interface AgentHealth {
   kernel: string;
   uptimeMs: number;
   runningCommands: number;
+  /** Guest kernel uptime (ms) when the agent process started and when it began serving: the boot timeline. */
+  timeline: { processStartMs: number; servingMs: number };
 }
 
 export type FileType = "file" | "directory" | "symlink" | "other";

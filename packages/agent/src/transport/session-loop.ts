@@ -64,6 +64,13 @@ export async function runSessionLoop(
     }
     // Copy: the read buffer is reused for the next read while the session may still hold these bytes.
     const bytes = Buffer.from(buffer.subarray(0, bytesRead));
+    if (current !== undefined && current.stream.isNewConnection(bytes)) {
+      // The host left and a new one connected before this loop saw the EOF in between (the driver only reports
+      // "no host" to a read that runs while none is connected). The old session ends as if it had seen the EOF.
+      current.stream.hostDisconnected();
+      current.session?.close();
+      current = undefined;
+    }
     if (current === undefined) {
       const stream = new PortSessionStream(writer);
       let session: ServedSession | void = undefined;
@@ -117,13 +124,26 @@ class PortWriter {
  */
 class PortSessionStream extends Duplex {
   #hostGone = false;
+  readonly #frames = new IncomingFrames();
 
   constructor(private readonly writer: PortWriter) {
     super({ allowHalfOpen: false });
   }
 
+  /**
+   * Whether `bytes` are the start of a new host connection rather than more of this one: they begin with the
+   * HTTP/2 client preface, and this session has ended or its host's bytes so far end on a frame boundary. (At a
+   * frame boundary the preface cannot be a frame: its first bytes read as a length far above the frame size
+   * limit, so no byte stream of a live connection looks like this.)
+   */
+  isNewConnection(bytes: Buffer): boolean {
+    if (!startsWithClientPreface(bytes)) return false;
+    return this.destroyed || this.#hostGone || this.#frames.atBoundary;
+  }
+
   deliver(bytes: Buffer): void {
     if (this.destroyed || this.#hostGone) return;
+    this.#frames.scan(bytes);
     this.push(bytes);
     if (this.readableLength > maxQueuedInputBytes) {
       logProblem(`host sent more than ${maxQueuedInputBytes} bytes the session did not consume; dropping the session`);
@@ -161,6 +181,49 @@ class PortSessionStream extends Duplex {
 
   override _final(callback: (error?: Error | null) => void): void {
     callback();
+  }
+}
+
+/** Every HTTP/2 connection from a client starts with these 24 bytes, then the client's SETTINGS frame. */
+const CLIENT_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
+const FRAME_HEADER_BYTES = 9;
+
+/** True if `bytes` begin with the client preface (or, when shorter, are a prefix of it). */
+function startsWithClientPreface(bytes: Buffer): boolean {
+  const length = Math.min(bytes.length, CLIENT_PREFACE.length);
+  return length > 0 && bytes.subarray(0, length).equals(CLIENT_PREFACE.subarray(0, length));
+}
+
+/** Follows frame boundaries of the bytes one host sent (preface, then 9 byte headers and payloads), in O(1) memory. */
+class IncomingFrames {
+  #skip = CLIENT_PREFACE.length;
+  readonly #header = Buffer.alloc(FRAME_HEADER_BYTES);
+  #headerFilled = 0;
+  #payloadLeft = 0;
+
+  get atBoundary(): boolean {
+    return this.#skip === 0 && this.#headerFilled === 0 && this.#payloadLeft === 0;
+  }
+
+  scan(bytes: Buffer): void {
+    let offset = 0;
+    while (offset < bytes.length) {
+      if (this.#skip > 0 || this.#payloadLeft > 0) {
+        const take = Math.min(this.#skip > 0 ? this.#skip : this.#payloadLeft, bytes.length - offset);
+        if (this.#skip > 0) this.#skip -= take;
+        else this.#payloadLeft -= take;
+        offset += take;
+        continue;
+      }
+      const take = Math.min(FRAME_HEADER_BYTES - this.#headerFilled, bytes.length - offset);
+      bytes.copy(this.#header, this.#headerFilled, offset, offset + take);
+      this.#headerFilled += take;
+      offset += take;
+      if (this.#headerFilled === FRAME_HEADER_BYTES) {
+        this.#headerFilled = 0;
+        this.#payloadLeft = this.#header.readUIntBE(0, 3);
+      }
+    }
   }
 }
 

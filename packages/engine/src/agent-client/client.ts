@@ -66,10 +66,12 @@ const maxExecSpecHeaderBytes = AGENT_LIMITS.maxHeaderListSize - 1024;
  */
 export class AgentClient {
   readonly #connection: AgentConnection;
+  readonly #transport: Duplex;
 
   private constructor(transport: Duplex, options: ConnectOptions) {
     let connection: AgentConnection | undefined;
     const guard = new Http2FrameGuard(transport, (error) => connection?.fail(error));
+    this.#transport = guard;
     // Failures reach callers through the session and its requests; an 'error' here must never go unhandled.
     guard.on("error", () => {});
     const session = connectHttp2("http://agent", {
@@ -292,6 +294,10 @@ export class AgentClient {
     const { session } = this.#connection;
     if (session.destroyed) return Promise.resolve();
     const closed = new Promise<void>((resolve) => session.once("close", resolve));
+    // Transport first: a session whose socket is gone ends without sending GOAWAY. The agent learns of the close
+    // from the hang-up alone; a GOAWAY would make it answer with one of its own, and over virtio-serial a write
+    // issued after the host left waits in the guest kernel and arrives at the start of the next connection.
+    this.#transport.destroy();
     this.#connection.close();
     return closed;
   }

@@ -127,8 +127,9 @@ export class Http2FrameGuard extends Duplex {
   #violation(message: string): void {
     if (this.destroyed) return;
     const error = new AgentProtocolError(message);
-    this.onViolation(error);
+    // Destroyed first, so the failing session sends nothing more to the guest (no GOAWAY; see AgentClient.close).
     this.destroy(error);
+    this.onViolation(error);
   }
 
   override _read(): void {
@@ -137,6 +138,7 @@ export class Http2FrameGuard extends Duplex {
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
     this.#toGuest.scan(chunk);
+    if (this.destroyed) return callback();
     this.#inner.write(chunk, callback);
   }
 

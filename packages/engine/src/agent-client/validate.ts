@@ -47,18 +47,32 @@ export function parseHealth(json: unknown): AgentHealth {
   if (json.protocol !== AGENT_PROTOCOL_VERSION) {
     throw new AgentProtocolError(`agent speaks protocol ${json.protocol}, this host speaks ${AGENT_PROTOCOL_VERSION}`);
   }
-  const { agentVersion, bootId, sessionId, kernel, uptimeMs, runningCommands } = json;
+  const { agentVersion, bootId, sessionId, kernel, uptimeMs, runningCommands, timeline } = json;
   if (
     !isBoundedString(agentVersion, maxIdLength) ||
     !isBoundedString(bootId, maxIdLength) ||
     !isBoundedString(sessionId, maxIdLength) ||
     !isBoundedString(kernel, maxNameLength) ||
     !isCount(uptimeMs) ||
-    !isCount(runningCommands)
+    !isCount(runningCommands) ||
+    !isObject(timeline) ||
+    !isCount(timeline.processStartMs) ||
+    !isCount(timeline.servingMs)
   ) {
     fail("health response");
   }
-  return { ok: true, protocol: json.protocol, agentVersion, bootId, sessionId, kernel, uptimeMs, runningCommands };
+  const { processStartMs, servingMs } = timeline;
+  return {
+    ok: true,
+    protocol: json.protocol,
+    agentVersion,
+    bootId,
+    sessionId,
+    kernel,
+    uptimeMs,
+    runningCommands,
+    timeline: { processStartMs, servingMs },
+  };
 }
 
 export function parseExecExit(json: unknown): ExecExit {

@@ -6,7 +6,7 @@ import { copyFile, mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { dataDir } from "../config.js";
 import type { GuestImage } from "../images/guest-image.js";
-import { AgentClient } from "../agent-client/index.js";
+import { AgentClient, AgentDisconnectedError, AgentProtocolError } from "../agent-client/index.js";
 import { runTool } from "../util/run-tool.js";
 import { chooseAccelerator } from "./accel.js";
 import { VmBootTimeoutError, VmConfigError, VmCrashedError } from "./errors.js";
@@ -28,6 +28,8 @@ export type VmState = "booting" | "running" | "stopped" | "crashed";
 
 /** Longest Unix socket path the kernel accepts (sun_path) minus the terminating NUL. */
 const MAX_SOCKET_PATH = 107;
+/** Connection attempts of reconnectAgent(); see there why one may fail. */
+const RECONNECT_ATTEMPTS = 3;
 
 function logsDir(): string {
   return join(dataDir(), "logs");
@@ -157,11 +159,27 @@ export class Vm extends EventEmitter {
     await Promise.race([connectAll(), exited]);
   }
 
-  /** Opens a new agent session on the same running agent (the old one is closed first). */
+  /**
+   * Opens a new agent session on the same running agent (the old one is closed first).
+   *
+   * A guest write that was already inside the guest kernel when the old connection closed cannot be recalled:
+   * it arrives at the start of the next connection, which then fails with a protocol error (or is cut off).
+   * That attempt consumes the stale bytes, so the connection is retried (a few times, within `timeoutMs`).
+   */
   async reconnectAgent(timeoutMs = 10_000): Promise<AgentClient> {
     await this.#agent?.close();
-    this.#agent = await AgentClient.connect(join(this.runDir, "agent.sock"), { timeoutMs });
-    return this.#agent;
+    const deadline = Date.now() + timeoutMs;
+    const socketPath = join(this.runDir, "agent.sock");
+    for (let attempt = 1; ; attempt++) {
+      if (this.state !== "running") throw new VmCrashedError(`VM ${this.id} is ${this.state}`, this.id);
+      try {
+        this.#agent = await AgentClient.connect(socketPath, { timeoutMs: Math.max(1, deadline - Date.now()) });
+        return this.#agent;
+      } catch (error) {
+        const retriable = error instanceof AgentProtocolError || error instanceof AgentDisconnectedError;
+        if (!retriable || attempt >= RECONNECT_ATTEMPTS || Date.now() >= deadline) throw error;
+      }
+    }
   }
 
   /** Stops the VM (QMP quit, SIGKILL if QEMU does not exit promptly) and removes its runtime directory. */
