@@ -435,7 +435,7 @@ async function withLyingAgent(check: (client: AgentClient) => Promise<void>) {
     const exitRecord = encodeRecord(OutputKind.exit, Buffer.from(JSON.stringify({ exitCode: 0, signal: null, timedOut: false })));
     const spec = JSON.parse(Buffer.from(String(headers["cc-exec-spec"] ?? "e30"), "base64url").toString()) as { shell?: string };
     if (path === AgentPath.health) {
-      return json({ ok: true, protocol: 1, agentVersion: "x", bootId: "b", sessionId: "s", kernel: "k", uptimeMs: 1, runningCommands: 0 });
+      return json({ ok: true, protocol: 1, agentVersion: "x", bootId: "b", sessionId: "s", kernel: "k", uptimeMs: 1, runningCommands: 0, timeline: { processStartMs: 0, servingMs: 0 } });
     }
     if (path.includes("huge-header")) {
       stream.respond({ ":status": 200, "x-filler": "x".repeat(100_000) });

@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { mkdir, rename, rm } from "node:fs/promises";
+import { mkdir, readdir, rename, rm } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { dataDir } from "../config.js";
@@ -72,7 +72,21 @@ async function cached(
     throw error;
   }
   log(`built ${name} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  await pruneOtherBuilds(name, digest, log);
   return out;
+}
+
+/**
+ * Removes earlier builds of the same part (other recipe digests). VMs still running from one keep working: their
+ * QEMU holds the files open, and Linux frees them only when it exits.
+ */
+async function pruneOtherBuilds(name: string, keepDigest: string, log: BuildLog): Promise<void> {
+  for (const entry of await readdir(imagesDir())) {
+    if (entry.startsWith(`${name}-`) && entry !== `${name}-${keepDigest}`) {
+      await rm(join(imagesDir(), entry), { recursive: true, force: true });
+      log(`removed outdated ${entry}`);
+    }
+  }
 }
 
 /** Returns the base guest image, building whatever part of it is missing or whose recipe changed. */
