@@ -86,7 +86,7 @@ export function qemuArgs(spec: MachineSpec): string[] {
     // -arch-capabilities: on AMD hosts KVM refuses the MSR ("failed to set MSR 0x10a").
     args.push("-accel", "kvm", "-cpu", "host,-arch-capabilities");
   } else {
-    args.push("-accel", "tcg,thread=multi", "-cpu", "max");
+    args.push("-accel", "tcg,thread=multi", "-cpu", TCG_CPU_MODEL);
   }
   if (spec.qmpSocket) args.push("-qmp", `unix:${spec.qmpSocket},server=on,wait=off`);
   if (spec.agentSocket) {
@@ -120,3 +120,6 @@ export function qemuArgs(spec: MachineSpec): string[] {
 }
 
 export const QEMU_BINARY = process.env.CODECOURIER_QEMU ?? "qemu-system-x86_64";
+
+/** CPU model emulated under TCG; part of the machine layout (a snapshot must be restored with the same one). */
+export const TCG_CPU_MODEL = process.env.CODECOURIER_TCG_CPU ?? "max";

@@ -3,6 +3,7 @@ import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { existsSync } from "node:fs";
 import { copyFile, mkdir, rm } from "node:fs/promises";
+import { connect as connectSocket } from "node:net";
 import { join } from "node:path";
 import { dataDir } from "../config.js";
 import type { GuestImage } from "../images/guest-image.js";
@@ -30,6 +31,42 @@ export type VmState = "booting" | "running" | "stopped" | "crashed";
 const MAX_SOCKET_PATH = 107;
 /** Connection attempts of reconnectAgent(); see there why one may fail. */
 const RECONNECT_ATTEMPTS = 3;
+/** drainStaleOutput() stops once the agent's port has sent nothing for this long. */
+const DRAIN_QUIET_MS = 300;
+/** Most stale bytes one drain reads before giving up (a guest that keeps sending is not stale, it is hostile). */
+const DRAIN_MAX_BYTES = 16 * 1024 * 1024;
+
+/**
+ * Connects to the agent's port without sending anything and discards what arrives until the port is quiet for
+ * DRAIN_QUIET_MS (or `deadline`). Writes the guest issued for an earlier, closed connection land here instead of in
+ * the next real one; the agent starts no session for a connection that sends no bytes, so it adds none of its own.
+ */
+async function drainStaleOutput(socketPath: string, deadline: number): Promise<void> {
+  const socket = connectSocket(socketPath);
+  await new Promise<void>((resolve) => {
+    let received = 0;
+    let quietTimer: NodeJS.Timeout | undefined;
+    const finish = () => {
+      clearTimeout(quietTimer);
+      clearTimeout(deadlineTimer);
+      socket.destroy();
+      resolve();
+    };
+    const armQuietTimer = () => {
+      clearTimeout(quietTimer);
+      quietTimer = setTimeout(finish, Math.min(DRAIN_QUIET_MS, Math.max(0, deadline - Date.now())));
+    };
+    const deadlineTimer = setTimeout(finish, Math.max(0, deadline - Date.now()));
+    socket.on("connect", armQuietTimer);
+    socket.on("data", (chunk: Buffer) => {
+      received += chunk.length;
+      if (received > DRAIN_MAX_BYTES) finish();
+      else armQuietTimer();
+    });
+    socket.on("error", finish);
+    socket.on("close", finish);
+  });
+}
 
 function logsDir(): string {
   return join(dataDir(), "logs");
@@ -162,9 +199,11 @@ export class Vm extends EventEmitter {
   /**
    * Opens a new agent session on the same running agent (the old one is closed first).
    *
-   * A guest write that was already inside the guest kernel when the old connection closed cannot be recalled:
-   * it arrives at the start of the next connection, which then fails with a protocol error (or is cut off).
-   * That attempt consumes the stale bytes, so the connection is retried (a few times, within `timeoutMs`).
+   * A guest write that was already inside the guest kernel when the previous connection closed (e.g. output of a
+   * command still streaming) cannot be recalled: it arrives at the start of the next connection, which then fails
+   * with a protocol error. Retrying at once would not help: the agent answers the failed attempt after the host
+   * has left, and those answers corrupt the next attempt the same way. So before each retry a connection that
+   * sends nothing (the agent has nothing to answer) collects the stale bytes until the port is quiet.
    */
   async reconnectAgent(timeoutMs = 10_000): Promise<AgentClient> {
     await this.#agent?.close();
@@ -178,6 +217,7 @@ export class Vm extends EventEmitter {
       } catch (error) {
         const retriable = error instanceof AgentProtocolError || error instanceof AgentDisconnectedError;
         if (!retriable || attempt >= RECONNECT_ATTEMPTS || Date.now() >= deadline) throw error;
+        await drainStaleOutput(socketPath, deadline);
       }
     }
   }
