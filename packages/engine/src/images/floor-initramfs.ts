@@ -1,6 +1,6 @@
 import { copyFile, mkdir, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { runTool } from "../util/run-tool.js";
+import { writeNewcArchive } from "./cpio.js";
 
 /** Printed on the serial console by the floor initramfs as its first act in userspace. */
 export const FLOOR_READY_MARKER = "CC-FLOOR-READY";
@@ -21,7 +21,7 @@ export async function buildFloorInitramfs(stageDir: string, outFile: string): Pr
   for (const applet of ["sh", "sleep", "echo"]) await symlink("busybox", join(stageDir, "bin", applet));
   await writeFile(join(stageDir, "init"), FLOOR_INIT, { mode: 0o755 });
   const list = ["bin", "bin/busybox", "bin/sh", "bin/sleep", "bin/echo", "dev", "init"];
-  await writeFile(outFile, await runTool("cpio", ["-o", "-H", "newc", "-R", "0:0", "--reproducible", "--quiet"], { cwd: stageDir, input: list.join("\n") + "\n" }));
+  await writeNewcArchive(stageDir, list, outFile);
 }
 
 export function floorInitScript(): string {

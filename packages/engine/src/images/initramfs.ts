@@ -1,6 +1,7 @@
 import { copyFile, mkdir, symlink, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { runTool } from "../util/run-tool.js";
+import { writeNewcArchive } from "./cpio.js";
 import { initramfsInit } from "./guest-scripts.js";
 
 const BUSYBOX = "/bin/busybox";
@@ -28,9 +29,5 @@ export async function buildInitramfs(opts: {
   }
   await writeFile(join(stageDir, "init"), initramfsInit(opts.modules.map((m) => basename(m))), { mode: 0o755 });
   const list = (await runTool("find", [".", "-mindepth", "1"], { cwd: stageDir })).toString().split("\n").filter(Boolean).sort();
-  const archive = await runTool("cpio", ["-o", "-H", "newc", "-R", "0:0", "--reproducible", "--quiet"], {
-    cwd: stageDir,
-    input: list.join("\n") + "\n",
-  });
-  await writeFile(opts.outFile, archive);
+  await writeNewcArchive(stageDir, list, opts.outFile);
 }
