@@ -195,6 +195,50 @@ describe("session loop over a virtio-serial-like port", () => {
     await loop;
   });
 
+  it("serves a host that connected before the agent saw the previous one leave", async () => {
+    const agent = createAgent();
+    const port = new FakePort();
+    const stop = new AbortController();
+    const loop = runSessionLoop(port, (duplex) => agent.serveSession(duplex), { signal: stop.signal, pollIntervalMs: 5 });
+    let firstEnd: Duplex | undefined;
+    const first = connect("http://agent", { createConnection: () => (firstEnd = port.connectHost()) });
+    first.on("error", () => {});
+    const before = await health(first);
+    // The transport goes first (no GOAWAY), and the next host connects in the same tick: the loop's pending read
+    // never sees the port without a host, so it gets no EOF, only the new host's preface.
+    firstEnd?.destroy();
+    first.destroy();
+    const second = connect("http://agent", { createConnection: () => port.connectHost() });
+    second.on("error", () => {});
+    try {
+      const after = await health(second);
+      assert.equal(after.bootId, before.bootId);
+      assert.notEqual(after.sessionId, before.sessionId);
+    } finally {
+      second.destroy();
+      stop.abort();
+      await loop;
+    }
+  });
+
+  it("does not mistake a client preface inside a frame for a new host", () =>
+    withLoopback(async (client) => {
+      const preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+      const sessionId = (await health(client)).sessionId;
+      const response = await request(
+        client,
+        { ":method": "POST", ":path": AgentPath.exec, [EXEC_SPEC_HEADER]: encodeExecSpecHeader({ argv: ["cat"] }) },
+        preface + preface,
+      );
+      assert.equal(response.status, 200);
+      const stdout: Buffer[] = [];
+      new ExecRecordDecoder().push(response.body, (record) => {
+        if (record.kind === "stdout") stdout.push(Buffer.from(record.payload));
+      });
+      assert.equal(Buffer.concat(stdout).toString(), preface + preface);
+      assert.equal((await health(client)).sessionId, sessionId, "still the same session");
+    }));
+
   it("kills a running command when its host disconnects", async () => {
     const agent = createAgent();
     const port = new FakePort();

@@ -93,7 +93,8 @@ export async function runSessionLoop(
  * Serializes writes to the port across sessions. A write that a session queued but that had not started when its
  * host disconnected is dropped: otherwise it would block until the next host connects and then corrupt that new
  * connection's byte stream. (A write already inside the kernel cannot be recalled; the next host then sees a
- * corrupt preface, fails, and its retry gets a clean session.)
+ * corrupt preface and fails. The host collects such leftovers with a connection that sends nothing before it
+ * retries: see Vm.reconnectAgent in the engine.)
  */
 class PortWriter {
   #tail: Promise<void> = Promise.resolve();

@@ -6,7 +6,7 @@ import { createServer as createHttp2Server, type ServerHttp2Stream } from "node:
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable } from "node:stream";
+import { Duplex, Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { createAgent, type Agent, type AgentSession } from "@codecourier/agent";
 import { AgentPath, EXEC_ID_HEADER, OutputKind, encodeRecord } from "@codecourier/protocol";
@@ -330,6 +330,57 @@ describe("reconnecting", () => {
     }
   });
 
+  it("closes by hanging up, without a GOAWAY the agent would answer", async () => {
+    // Over virtio-serial, an answer the agent writes after the host left arrives at the start of the next
+    // connection; so the host must not send anything that asks for one when it closes.
+    const dir = await mkdtemp(join(tmpdir(), "cc-close-"));
+    const socketPath = join(dir, "agent.sock");
+    const agent = createAgent();
+    const frameTypes: number[] = [];
+    let hungUp!: () => void;
+    const serverSawClose = new Promise<void>((resolve) => (hungUp = resolve));
+    const server = createServer((socket) => {
+      socket.on("error", () => {});
+      const duplex = new Duplex({
+        read() {},
+        write(chunk: Buffer, _encoding, callback) {
+          socket.write(chunk, () => callback());
+        },
+      });
+      let pending = Buffer.alloc(0);
+      let skip = 24; // the client preface
+      socket.on("data", (chunk: Buffer) => {
+        pending = Buffer.concat([pending, chunk]);
+        const skipped = Math.min(skip, pending.length);
+        pending = pending.subarray(skipped);
+        skip -= skipped;
+        while (skip === 0 && pending.length >= 9 && pending.length >= 9 + pending.readUIntBE(0, 3)) {
+          frameTypes.push(pending[3] ?? -1);
+          pending = pending.subarray(9 + pending.readUIntBE(0, 3));
+        }
+        duplex.push(chunk);
+      });
+      socket.on("close", () => {
+        duplex.destroy();
+        hungUp();
+      });
+      agent.serveSession(duplex);
+    });
+    await listen(server, socketPath);
+    try {
+      const client = await AgentClient.connect(socketPath);
+      assert.equal((await client.run({ argv: ["echo", "x"] })).stdout.toString(), "x\n");
+      await client.close();
+      await serverSawClose;
+      assert.ok(frameTypes.includes(0x1), "the scanner saw the requests' HEADERS frames");
+      assert.equal(frameTypes.includes(0x7), false, `frame types sent: ${frameTypes.join(",")}`);
+    } finally {
+      agent.killAllCommands();
+      await new Promise((resolve) => server.close(resolve));
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("fails to connect when nothing listens", async () => {
     await assert.rejects(AgentClient.connect(join(tmpdir(), "cc-no-such-socket.sock")), AgentDisconnectedError);
   });
@@ -495,6 +546,98 @@ describe("lying agent", () => {
       await assert.rejects(client.list("/huge-header"), AgentProtocolError);
     }));
 });
+
+/**
+ * An agent that starts every response (file content, or exec records) and then hangs up mid-body, the way a
+ * crashing guest or QEMU does. Node ends such a response's readable side as if it were complete.
+ */
+async function withHangingUpAgent(check: (client: AgentClient) => Promise<void>) {
+  const dir = await mkdtemp(join(tmpdir(), "cc-hangup-"));
+  const socketPath = join(dir, "agent.sock");
+  const http2 = createHttp2Server();
+  const sockets = new Set<Socket>();
+  http2.on("stream", (stream: ServerHttp2Stream, headers) => {
+    stream.on("error", () => {});
+    if (headers[":path"] === AgentPath.health) {
+      stream.respond({ ":status": 200, "content-type": "application/json" });
+      const health = { ok: true, protocol: 1, agentVersion: "x", bootId: "b", sessionId: "s", kernel: "k", uptimeMs: 1, runningCommands: 0 };
+      stream.end(JSON.stringify({ ...health, timeline: { processStartMs: 0, servingMs: 0 } }));
+      return;
+    }
+    const isExec = String(headers[":path"]).startsWith(AgentPath.exec);
+    stream.respond({ ":status": 200, ...(isExec ? { [EXEC_ID_HEADER]: "cmd-1" } : {}) });
+    stream.write(isExec ? encodeRecord(OutputKind.stdout, Buffer.alloc(1000, 0x61)) : Buffer.alloc(1000, 0x61), () => {
+      for (const socket of sockets) socket.destroy();
+    });
+  });
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on("error", () => {});
+    http2.emit("connection", socket);
+  });
+  await listen(server, socketPath);
+  const client = await AgentClient.connect(socketPath);
+  try {
+    await check(client);
+  } finally {
+    await client.close();
+    await new Promise((resolve) => server.close(resolve));
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+describe("a guest that hangs up mid-response", () => {
+  it("fails readFileBuffer instead of returning a truncated file", () =>
+    withHangingUpAgent(async (client) => {
+      await assert.rejects(client.readFileBuffer("/big"), AgentDisconnectedError);
+    }));
+
+  it("errors the readFile stream instead of ending it", () =>
+    withHangingUpAgent(async (client) => {
+      let received = 0;
+      await assert.rejects(async () => {
+        for await (const chunk of client.readFile("/big") as AsyncIterable<Buffer>) received += chunk.length;
+      }, AgentDisconnectedError);
+      assert.ok(received <= 1000);
+    }));
+
+  it("reports a cut-off command as disconnected, not as a protocol error", () =>
+    withHangingUpAgent(async (client) => {
+      await assert.rejects(client.run({ argv: ["cat", "/big"] }), AgentDisconnectedError);
+    }));
+});
+
+describe("closing the client mid-response", () => {
+  it("fails a streaming command and a download with AgentDisconnectedError", async () => {
+    const harness = await startAgent();
+    try {
+      const path = join(harness.dir, "big.bin");
+      await writeFile(path, Buffer.alloc(32 * 1024 * 1024));
+      const client = await AgentClient.connect(harness.socketPath);
+      const command = client.exec({ argv: ["cat", "/dev/zero"] });
+      const download = client.readFile(path);
+      await Promise.all([firstChunk(command.stdout), firstChunk(download)]);
+      const downloadFails = assert.rejects(async () => {
+        for await (const _ of download) void _;
+      }, AgentDisconnectedError);
+      const commandFails = assert.rejects(command.wait(), AgentDisconnectedError);
+      await client.close();
+      await Promise.all([downloadFails, commandFails]);
+    } finally {
+      await harness.stop();
+    }
+  });
+});
+
+function firstChunk(stream: Readable): Promise<void> {
+  return new Promise((resolve, reject) => {
+    stream.once("data", () => {
+      stream.pause();
+      resolve();
+    });
+    stream.once("error", reject);
+  });
+}
 
 it("writeFile and exec survive a quick sequence of writes (smoke)", async () => {
   const harness = await startAgent();

@@ -228,7 +228,9 @@ export class AgentClient {
         });
         opened.on("end", () => {
           outcomeKnown = true;
-          output.push(null);
+          const cutOff = connection.endFailure(opened);
+          if (cutOff !== undefined) output.destroy(cutOff);
+          else output.push(null);
         });
       })
       .catch((error: unknown) => output.destroy(connection.failureOf(opened, error)));

@@ -162,10 +162,11 @@ export class CommandHandle {
     this.#resolveId(id);
     request.on("data", (chunk: Buffer) => this.#onData(chunk));
     request.on("end", () => {
-      if (this.#exitRecord === undefined) {
-        this.#fail(new AgentProtocolError("the exec stream ended without an exit record"));
+      if (this.#exitRecord !== undefined) {
+        this.#succeed(this.#exitRecord); // the last record: all output arrived before it
       } else {
-        this.#succeed(this.#exitRecord);
+        // Cut short by the session going away, or ended by the agent without an exit record.
+        this.#fail(this.#connection.endFailure(request) ?? new AgentProtocolError("the exec stream ended without an exit record"));
       }
     });
   }

@@ -91,6 +91,16 @@ export class AgentConnection {
     return stream;
   }
 
+  /**
+   * Checks a stream that emitted 'end'. Node also ends a response's readable side, as if complete, when the session
+   * goes away under it (closed by us, or the guest's end of the socket closed): a body cut short that way must not
+   * pass for a whole one. Returns the failure to report, or undefined if the agent really ended the stream.
+   */
+  endFailure(stream: ClientHttp2Stream): AgentClientError | undefined {
+    if (this.#failure === undefined && !this.isClosed) return undefined;
+    return this.failureOf(stream);
+  }
+
   /** The error that best explains why `stream` ended abnormally. */
   failureOf(stream: ClientHttp2Stream | undefined, error?: unknown): AgentClientError {
     if (this.#failure !== undefined) return this.#failure;
@@ -196,7 +206,7 @@ export class AgentConnection {
         chunks.push(chunk);
         armIdleTimer();
       };
-      const onEnd = () => finish();
+      const onEnd = () => finish(this.endFailure(stream));
       const onError = (error: unknown) => finish(this.failureOf(stream, error));
       const onClose = () => onError(undefined);
       armIdleTimer();

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
-import { readFile, readdir, stat } from "node:fs/promises";
+import { readFile, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { dataDir } from "../config.js";
@@ -29,8 +29,8 @@ async function hostProcessesMentioning(needle: string): Promise<number[]> {
     if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
     const cmdline = await readFile(`/proc/${entry}/cmdline`, "utf8").catch(() => "");
     if (!cmdline.includes(needle)) continue;
-    const stat = await readFile(`/proc/${entry}/stat`, "utf8").catch(() => "");
-    if (stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z")) continue;
+    const procStat = await readFile(`/proc/${entry}/stat`, "utf8").catch(() => "");
+    if (procStat.slice(procStat.lastIndexOf(")") + 2).startsWith("Z")) continue;
     found.push(Number(entry));
   }
   return found;
@@ -38,8 +38,8 @@ async function hostProcessesMentioning(needle: string): Promise<number[]> {
 
 /** Whether a live (non-zombie) host process with this pid exists. */
 async function hostProcessAlive(pid: number): Promise<boolean> {
-  const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => undefined);
-  return stat !== undefined && !stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
+  const procStat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => undefined);
+  return procStat !== undefined && !procStat.slice(procStat.lastIndexOf(")") + 2).startsWith("Z");
 }
 
 /** Guest pids whose full command line is exactly `cmdline` (pgrep excludes itself; no shell that would match). */
@@ -229,8 +229,8 @@ describe("Vm with a real guest", () => {
     assert.equal(guestHash.stdout.toString().split(/\s+/)[0], sha256(data));
 
     await vm.agent.writeFile(`${dir}/hello.txt`, "hello\n");
-    const stat = await vm.agent.stat(`${dir}/hello.txt`);
-    assert.deepEqual([stat.type, stat.size, stat.mode, stat.path], ["file", 6, 0o644, `${dir}/hello.txt`]);
+    const hello = await vm.agent.stat(`${dir}/hello.txt`);
+    assert.deepEqual([hello.type, hello.size, hello.mode, hello.path], ["file", 6, 0o644, `${dir}/hello.txt`]);
     assert.equal((await vm.agent.stat(`${dir}/sub`)).type, "directory");
     assert.deepEqual(await vm.agent.list(dir), [
       { name: "data.bin", type: "file" },
@@ -273,11 +273,46 @@ describe("Vm with a real guest", () => {
     }
   });
 
+  it("reconnects while a command is streaming output, and that command is killed", async () => {
+    // Output the guest was writing when the host hung up reaches the next connection; reconnectAgent copes.
+    for (const shell of ["cat /dev/zero", "while :; do echo line; done"]) {
+      const before = await vm.agent.health();
+      const streaming = vm.agent.exec({ shell });
+      streaming.stderr.resume();
+      let received = 0;
+      await new Promise<void>((resolve) =>
+        streaming.stdout.on("data", (chunk: Buffer) => {
+          received += chunk.length;
+          if (received > 128 * 1024) resolve();
+        }),
+      );
+      const client = await vm.reconnectAgent();
+      await assert.rejects(streaming.wait(), AgentDisconnectedError);
+      const after = await client.health();
+      assert.equal(after.bootId, before.bootId);
+      assert.notEqual(after.sessionId, before.sessionId);
+      assert.equal((await client.run({ argv: ["echo", "fine"] })).stdout.toString(), "fine\n");
+      let running = after.runningCommands;
+      for (let i = 0; i < 50 && running > 0; i++) {
+        await sleep(100);
+        running = (await client.health()).runningCommands;
+      }
+      assert.equal(running, 0, "the streaming command of the old session was killed");
+    }
+  });
+
   it("reports a VM whose QEMU was killed as crashed and cleans up", async () => {
     const pid = other.pid;
     assert.ok(pid !== undefined && (await hostProcessAlive(pid)));
+    // A command streaming output when QEMU dies fails as disconnected; its output is not passed off as complete.
+    const streaming = other.agent.exec({ argv: ["cat", "/dev/zero"] });
+    streaming.stderr.resume();
+    await readUntil(streaming.stdout, "\0");
+    streaming.stdout.resume();
+    const streamingFails = assert.rejects(streaming.wait(), AgentDisconnectedError);
     const crashed = new Promise<VmCrashedError>((resolve) => other.once("crashed", resolve));
     process.kill(pid, "SIGKILL");
+    await streamingFails;
     const error = await crashed;
     assert.ok(error instanceof VmCrashedError);
     assert.equal(error.vmId, other.id);
@@ -289,6 +324,7 @@ describe("Vm with a real guest", () => {
     const keptLog = join(dataDir(), "logs", `${other.id}-console.log`);
     assert.equal(error.consoleLog, keptLog);
     assert.ok((await stat(keptLog)).size > 0, "console log kept");
+    await rm(keptLog); // kept for diagnosis; this test's crash was on purpose
     await other.stop(); // a no-op on a crashed VM
     assert.equal(other.state, "crashed");
 
@@ -309,6 +345,7 @@ describe("Vm with a real guest", () => {
     assert.deepEqual(await hostProcessesMentioning(runDir), []);
     assert.deepEqual(await hostProcessesMentioning(join(dataDir(), "run")), qemusBefore);
     assert.deepEqual(await runDirs(), dirsBefore);
+    if (error.consoleLog !== undefined) await rm(error.consoleLog, { force: true });
   });
 
   it("rejects invalid options without starting anything", async () => {
