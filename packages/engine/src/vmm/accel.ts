@@ -71,9 +71,23 @@ async function kvmUsable(): Promise<boolean> {
  * kernel crawls or dies under it, so the device's presence proves nothing: only a boot does. The answer is
  * cached per (host kernel, QEMU version, guest kernel). CODECOURIER_ACCEL=kvm|tcg overrides the probe.
  */
-export async function chooseAccelerator(
+export function chooseAccelerator(
   image: Pick<GuestImage, "kernelPath" | "floorInitramfsPath" | "id">,
 ): Promise<AcceleratorChoice> {
+  // Memoized per process: every boot asks, and the answer only changes with the host, QEMU or kernel.
+  const memoKey = `${process.env.CODECOURIER_ACCEL ?? ""}\0${image.kernelPath}`;
+  let choice = memo.get(memoKey);
+  if (!choice) {
+    choice = probeOrCached(image);
+    memo.set(memoKey, choice);
+    choice.catch(() => memo.delete(memoKey));
+  }
+  return choice;
+}
+
+const memo = new Map<string, Promise<AcceleratorChoice>>();
+
+async function probeOrCached(image: Pick<GuestImage, "kernelPath" | "floorInitramfsPath" | "id">): Promise<AcceleratorChoice> {
   const override = process.env.CODECOURIER_ACCEL;
   if (override === "kvm" || override === "tcg") return { accel: override, reason: `CODECOURIER_ACCEL=${override}` };
   if (override && override !== "auto") throw new Error(`CODECOURIER_ACCEL must be kvm, tcg or auto, got "${override}"`);
