@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "node:fs/promises";
-import { createServer as createHttp2Server, type ServerHttp2Stream } from "node:http2";
+import { createServer as createHttp2Server, type Http2Server, type ServerHttp2Stream } from "node:http2";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -515,7 +515,22 @@ async function withLyingAgent(check: (client: AgentClient) => Promise<void>) {
         return exec(exitRecord);
     }
   });
-  const server = createServer((socket) => http2.emit("connection", socket));
+  await serveFakeAgent(dir, socketPath, http2, check);
+}
+
+/** Serves a scripted HTTP/2 "agent" on a real Unix socket, runs `check` with a connected client, cleans up. */
+async function serveFakeAgent(
+  dir: string,
+  socketPath: string,
+  http2: Http2Server,
+  check: (client: AgentClient) => Promise<void>,
+  onSocket: (socket: Socket) => void = () => {},
+): Promise<void> {
+  const server = createServer((socket) => {
+    onSocket(socket);
+    socket.on("error", () => {});
+    http2.emit("connection", socket);
+  });
   await listen(server, socketPath);
   const client = await AgentClient.connect(socketPath);
   try {
@@ -570,20 +585,7 @@ async function withHangingUpAgent(check: (client: AgentClient) => Promise<void>)
       for (const socket of sockets) socket.destroy();
     });
   });
-  const server = createServer((socket) => {
-    sockets.add(socket);
-    socket.on("error", () => {});
-    http2.emit("connection", socket);
-  });
-  await listen(server, socketPath);
-  const client = await AgentClient.connect(socketPath);
-  try {
-    await check(client);
-  } finally {
-    await client.close();
-    await new Promise((resolve) => server.close(resolve));
-    await rm(dir, { recursive: true, force: true });
-  }
+  await serveFakeAgent(dir, socketPath, http2, check, (socket) => sockets.add(socket));
 }
 
 describe("a guest that hangs up mid-response", () => {
