@@ -6,7 +6,8 @@ import { fileURLToPath } from "node:url";
 import { before, describe, it } from "node:test";
 import { ensureGuestImage } from "@codecourier/engine";
 
-const cliMain = join(dirname(fileURLToPath(import.meta.url)), "main.js");
+// The launcher npm links as the `codecourier` bin (dist/cli.test.js → ../bin/codecourier.js).
+const cliMain = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "codecourier.js");
 
 interface CliResult {
   code: number | null;

@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 import { Command } from "commander";
 import { registerVmCommands } from "./commands/vm.js";
 import { registerInfoCommand } from "./commands/info.js";

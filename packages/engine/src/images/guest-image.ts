@@ -1,7 +1,7 @@
 import { existsSync } from "node:fs";
 import { mkdir, readdir, rename, rm } from "node:fs/promises";
 import { createRequire } from "node:module";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { dataDir } from "../config.js";
 import { BASE_ROOTFS_RECIPE, buildBaseRootfs } from "./base-rootfs.js";
 import { initramfsInit, stage2Script } from "./guest-scripts.js";
@@ -122,11 +122,14 @@ export async function ensureGuestImage(log: BuildLog = () => {}): Promise<GuestI
   const floorDigest = new Recipe().add("init", floorInitScript()).add("busybox", await sha256File("/bin/busybox")).digest();
   const floorInitramfsPath = await cached("floor", floorDigest, "floor.cpio", log, (stage, out) => buildFloorInitramfs(stage, out));
 
+  // Named by the parts' recipe digests (their directory names), so the id is the same in any data dir.
+  const part = (path: string) => basename(dirname(path));
   const id = new Recipe()
-    .add("kernel", kernelPath)
-    .add("initramfs", initramfsPath)
-    .add("system", systemDiskPath)
-    .add("rootfs", rootDiskPath)
+    .add("kernel", part(kernelPath))
+    .add("initramfs", part(initramfsPath))
+    .add("system", part(systemDiskPath))
+    .add("rootfs", part(rootDiskPath))
+    .add("floor", part(floorInitramfsPath))
     .digest();
   return { id, kernelVersion: kernel.version, kernelPath, initramfsPath, systemDiskPath, rootDiskPath, floorInitramfsPath };
 }
