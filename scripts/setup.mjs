@@ -38,8 +38,12 @@ function kernelInstalled() {
   }
 }
 
+// sbin directories too: a non-root PATH often lacks them, yet mkfs.ext4 lives there.
+const TOOL_PATH = `${process.env.PATH ?? ""}:/usr/local/sbin:/usr/sbin:/sbin`;
+process.env.PATH = TOOL_PATH;
+
 function onPath(cmd) {
-  return spawnSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" }).status === 0;
+  return spawnSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore", env: { ...process.env, PATH: TOOL_PATH } }).status === 0;
 }
 
 function isStaticBusybox(path) {
