@@ -1,6 +1,7 @@
 import { Duplex } from "node:stream";
 import { logProblem } from "../log.js";
 import type { PortIo } from "./port-io.js";
+import { HTTP2_CLIENT_PREFACE, Http2FrameScanner } from "@codecourier/protocol";
 
 const defaultPollIntervalMs = 20;
 const readBufferBytes = 64 * 1024;
@@ -125,7 +126,8 @@ class PortWriter {
  */
 class PortSessionStream extends Duplex {
   #hostGone = false;
-  readonly #frames = new IncomingFrames();
+  /** Frame boundaries of the bytes this session's host sent (preface first). */
+  readonly #frames = new Http2FrameScanner(HTTP2_CLIENT_PREFACE.length);
 
   constructor(private readonly writer: PortWriter) {
     super({ allowHalfOpen: false });
@@ -185,47 +187,10 @@ class PortSessionStream extends Duplex {
   }
 }
 
-/** Every HTTP/2 connection from a client starts with these 24 bytes, then the client's SETTINGS frame. */
-const CLIENT_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
-const FRAME_HEADER_BYTES = 9;
-
 /** True if `bytes` begin with the client preface (or, when shorter, are a prefix of it). */
 function startsWithClientPreface(bytes: Buffer): boolean {
-  const length = Math.min(bytes.length, CLIENT_PREFACE.length);
-  return length > 0 && bytes.subarray(0, length).equals(CLIENT_PREFACE.subarray(0, length));
-}
-
-/** Follows frame boundaries of the bytes one host sent (preface, then 9 byte headers and payloads), in O(1) memory. */
-class IncomingFrames {
-  #skip = CLIENT_PREFACE.length;
-  readonly #header = Buffer.alloc(FRAME_HEADER_BYTES);
-  #headerFilled = 0;
-  #payloadLeft = 0;
-
-  get atBoundary(): boolean {
-    return this.#skip === 0 && this.#headerFilled === 0 && this.#payloadLeft === 0;
-  }
-
-  scan(bytes: Buffer): void {
-    let offset = 0;
-    while (offset < bytes.length) {
-      if (this.#skip > 0 || this.#payloadLeft > 0) {
-        const take = Math.min(this.#skip > 0 ? this.#skip : this.#payloadLeft, bytes.length - offset);
-        if (this.#skip > 0) this.#skip -= take;
-        else this.#payloadLeft -= take;
-        offset += take;
-        continue;
-      }
-      const take = Math.min(FRAME_HEADER_BYTES - this.#headerFilled, bytes.length - offset);
-      bytes.copy(this.#header, this.#headerFilled, offset, offset + take);
-      this.#headerFilled += take;
-      offset += take;
-      if (this.#headerFilled === FRAME_HEADER_BYTES) {
-        this.#headerFilled = 0;
-        this.#payloadLeft = this.#header.readUIntBE(0, 3);
-      }
-    }
-  }
+  const length = Math.min(bytes.length, HTTP2_CLIENT_PREFACE.length);
+  return length > 0 && bytes.subarray(0, length).equals(HTTP2_CLIENT_PREFACE.subarray(0, length));
 }
 
 function sleep(ms: number): Promise<void> {

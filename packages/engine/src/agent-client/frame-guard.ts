@@ -1,79 +1,36 @@
 import { Duplex } from "node:stream";
-import { AGENT_LIMITS } from "@codecourier/protocol";
+import { AGENT_LIMITS, HTTP2_CLIENT_PREFACE, Http2FrameScanner, type Http2FrameHeader } from "@codecourier/protocol";
 import { AgentDisconnectedError, AgentProtocolError } from "./errors.js";
 
-const frameHeaderBytes = 9;
 const frameTypeSettings = 0x4;
 const frameTypeGoaway = 0x7;
 const flagAck = 0x1;
-/** The client connection preface ("PRI * HTTP/2.0…") precedes the client's first frame. */
-const clientPrefaceBytes = 24;
 /** GOAWAY payload: last stream id (4 bytes), then the error code (4 bytes). */
 const goawayCodeEnd = 8;
 
-interface FrameHeader {
-  length: number;
-  type: number;
-  flags: number;
-}
-
 /**
- * Follows frame boundaries in one direction of an HTTP/2 byte stream, reading only the 9 byte headers (plus the
- * first 8 payload bytes of GOAWAY frames). Memory use is constant whatever the input.
+ * Watches our own outgoing frames for a GOAWAY and reports its error code (the payload's first 8 bytes may
+ * arrive in pieces).
  */
-class FrameScanner {
-  #skip: number;
-  readonly #header = Buffer.alloc(frameHeaderBytes);
-  #headerFilled = 0;
-  #payloadLeft = 0;
-  /** Collects the start of a GOAWAY payload when it spans chunks. */
-  #goaway: { header: FrameHeader; bytes: Buffer; filled: number } | undefined;
-
-  constructor(
-    skipFirst: number,
-    private readonly onHeader: (header: FrameHeader) => void,
-    private readonly onGoawayCode: (code: number) => void,
-  ) {
-    this.#skip = skipFirst;
-  }
-
-  scan(chunk: Buffer): void {
-    let offset = Math.min(this.#skip, chunk.length);
-    this.#skip -= offset;
-    while (offset < chunk.length) {
-      if (this.#payloadLeft > 0) {
-        const take = Math.min(this.#payloadLeft, chunk.length - offset);
-        this.#collectGoaway(chunk.subarray(offset, offset + take));
-        this.#payloadLeft -= take;
-        offset += take;
-        continue;
+function goawayWatcher(onGoawayCode: (code: number) => void): Http2FrameScanner {
+  let collecting: { bytes: Buffer; filled: number } | undefined;
+  return new Http2FrameScanner(
+    HTTP2_CLIENT_PREFACE.length,
+    (header) => {
+      collecting = header.type === frameTypeGoaway && header.length >= goawayCodeEnd ? { bytes: Buffer.alloc(goawayCodeEnd), filled: 0 } : undefined;
+    },
+    (slice) => {
+      if (collecting === undefined) return;
+      const take = Math.min(goawayCodeEnd - collecting.filled, slice.length);
+      slice.copy(collecting.bytes, collecting.filled, 0, take);
+      collecting.filled += take;
+      if (collecting.filled === goawayCodeEnd) {
+        const code = collecting.bytes.readUInt32BE(4);
+        collecting = undefined;
+        onGoawayCode(code);
       }
-      const take = Math.min(frameHeaderBytes - this.#headerFilled, chunk.length - offset);
-      chunk.copy(this.#header, this.#headerFilled, offset, offset + take);
-      this.#headerFilled += take;
-      offset += take;
-      if (this.#headerFilled < frameHeaderBytes) return;
-      this.#headerFilled = 0;
-      const header = { length: this.#header.readUIntBE(0, 3), type: this.#header[3] ?? 0, flags: this.#header[4] ?? 0 };
-      this.onHeader(header);
-      this.#payloadLeft = header.length;
-      if (header.type === frameTypeGoaway && header.length >= goawayCodeEnd) {
-        this.#goaway = { header, bytes: Buffer.alloc(goawayCodeEnd), filled: 0 };
-      }
-    }
-  }
-
-  #collectGoaway(payload: Buffer): void {
-    const goaway = this.#goaway;
-    if (goaway === undefined) return;
-    const take = Math.min(goawayCodeEnd - goaway.filled, payload.length);
-    payload.copy(goaway.bytes, goaway.filled, 0, take);
-    goaway.filled += take;
-    if (goaway.filled === goawayCodeEnd) {
-      this.#goaway = undefined;
-      this.onGoawayCode(goaway.bytes.readUInt32BE(4));
-    }
-  }
+    },
+  );
 }
 
 /**
@@ -87,8 +44,8 @@ class FrameScanner {
  */
 export class Http2FrameGuard extends Duplex {
   readonly #inner: Duplex;
-  readonly #fromGuest: FrameScanner;
-  readonly #toGuest: FrameScanner;
+  readonly #fromGuest: Http2FrameScanner;
+  readonly #toGuest: Http2FrameScanner;
   #sawFirstFrame = false;
 
   constructor(
@@ -97,8 +54,8 @@ export class Http2FrameGuard extends Duplex {
   ) {
     super({ allowHalfOpen: false });
     this.#inner = inner;
-    this.#fromGuest = new FrameScanner(0, (header) => this.#checkGuestFrame(header), () => {});
-    this.#toGuest = new FrameScanner(clientPrefaceBytes, () => {}, (code) => {
+    this.#fromGuest = new Http2FrameScanner(0, (header) => this.#checkGuestFrame(header));
+    this.#toGuest = goawayWatcher((code) => {
       if (code !== 0) this.#violation(`the HTTP/2 stack rejected the agent's data (GOAWAY error code ${code})`);
     });
 
@@ -112,7 +69,7 @@ export class Http2FrameGuard extends Duplex {
     inner.on("close", () => this.destroy());
   }
 
-  #checkGuestFrame(header: FrameHeader): void {
+  #checkGuestFrame(header: Http2FrameHeader): void {
     if (!this.#sawFirstFrame) {
       this.#sawFirstFrame = true;
       if (header.type !== frameTypeSettings || (header.flags & flagAck) !== 0) {
