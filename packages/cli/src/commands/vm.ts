@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { constants } from "node:os";
+import { finished } from "node:stream/promises";
 import { ensureGuestImage, Vm, VmError } from "@codecourier/engine";
 import { fail, parsePositiveInt, progress } from "../progress.js";
 
@@ -53,7 +54,9 @@ export function registerVmCommands(program: Command): void {
         handle.stdout.pipe(process.stdout);
         handle.stderr.pipe(process.stderr);
         const exit = await handle.wait();
-        await Promise.all([finished(handle.stdout), finished(handle.stderr)]);
+        // Output may still be in flight to our stdout/stderr when the exit record arrives; a stream error was
+        // already reported by wait(), so it does not matter here.
+        await Promise.all([finished(handle.stdout).catch(() => {}), finished(handle.stderr).catch(() => {})]);
         if (exit.spawnError) process.stderr.write(`codecourier: ${exit.spawnError}\n`);
         exitCode = exit.exitCode ?? signalExitCode(exit.signal ?? "SIGKILL");
       } catch (error) {
@@ -65,11 +68,3 @@ export function registerVmCommands(program: Command): void {
     });
 }
 
-function finished(stream: NodeJS.ReadableStream): Promise<void> {
-  return new Promise((resolve) => {
-    if ((stream as { readableEnded?: boolean }).readableEnded) return resolve();
-    stream.once("end", resolve);
-    stream.once("close", resolve);
-    stream.once("error", () => resolve());
-  });
-}
