@@ -1,6 +1,5 @@
 import { cpus } from "node:os";
-import { execFileSync } from "node:child_process";
-import { bootToMarker, chooseAccelerator, ensureGuestImage, Vm } from "@codecourier/engine";
+import { bootToMarker, chooseAccelerator, ensureGuestImage, qemuVersion, Vm } from "@codecourier/engine";
 import { summarize } from "../stats.js";
 import type { SuiteResult } from "../report.js";
 
@@ -73,7 +72,7 @@ export async function bootSuite(runs: number, log: (line: string) => void): Prom
     suite: "boot",
     accel,
     runs,
-    host: { cpus: cpus().length, node: process.version, qemu: qemuVersion() },
+    host: { cpus: cpus().length, node: process.version, qemu: await qemuVersion() },
     metrics,
     ratios: { coldBootVsFloor: metrics.coldBootMs.p50 / metrics.floorColdBootMs.p50 },
     notes: [
@@ -93,8 +92,4 @@ function kernelLogMarks(dmesg: string): { initMs?: number; rootMountedMs?: numbe
     return match ? Number(match[1]) * 1000 : undefined;
   };
   return { initMs: at(/Run \/init/), rootMountedMs: at(/EXT4-fs \(vd.\): mounted filesystem with ordered data/) };
-}
-
-function qemuVersion(): string {
-  return execFileSync("qemu-system-x86_64", ["--version"]).toString().split("\n")[0]!.replace(/\s*Copyright.*/, "");
 }

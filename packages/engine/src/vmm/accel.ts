@@ -57,6 +57,11 @@ export async function bootToMarker(
   }
 }
 
+/** First line of `qemu-system-x86_64 --version` for the QEMU the engine runs (CODECOURIER_QEMU). */
+export async function qemuVersion(): Promise<string> {
+  return (await runTool(QEMU_BINARY, ["--version"])).toString().split("\n")[0] ?? "";
+}
+
 async function kvmUsable(): Promise<boolean> {
   try {
     await access("/dev/kvm", constants.R_OK | constants.W_OK);
@@ -92,8 +97,7 @@ async function probeOrCached(image: Pick<GuestImage, "kernelPath" | "floorInitra
   if (override === "kvm" || override === "tcg") return { accel: override, reason: `CODECOURIER_ACCEL=${override}` };
   if (override && override !== "auto") throw new Error(`CODECOURIER_ACCEL must be kvm, tcg or auto, got "${override}"`);
 
-  const qemuVersion = (await runTool(QEMU_BINARY, ["--version"])).toString().split("\n")[0] ?? "";
-  const key = JSON.stringify({ host: release(), qemuVersion, kernel: image.kernelPath });
+  const key = JSON.stringify({ host: release(), qemuVersion: await qemuVersion(), kernel: image.kernelPath });
   const cacheFile = join(dataDir(), "accel.json");
   const cached = await readIfExists(cacheFile);
   if (cached) {
