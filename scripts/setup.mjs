@@ -26,6 +26,9 @@ const DEBIAN_PACKAGES = [
   ["mmdebstrap", "mmdebstrap"],
   ["cpio", "cpio"],
   ["xz-utils", "xz"],
+  // gcc and static glibc build the guest's identity helper (packages/agent/native/guest-identity.c).
+  ["gcc", "gcc"],
+  ["libc6-dev", null, () => staticLibcInstalled()],
   ["linux-image-amd64", null, () => kernelInstalled()],
 ];
 
@@ -36,6 +39,12 @@ function kernelInstalled() {
   } catch {
     return false;
   }
+}
+
+/** gcc prints an absolute path for libc.a when it can link statically, the bare name when it cannot. */
+function staticLibcInstalled() {
+  const found = spawnSync("gcc", ["-print-file-name=libc.a"]).stdout?.toString().trim() ?? "";
+  return found.startsWith("/") && existsSync(found);
 }
 
 // sbin directories too: a non-root PATH often lacks them, yet mkfs.ext4 lives there.

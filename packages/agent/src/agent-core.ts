@@ -4,6 +4,7 @@ import type { Duplex } from "node:stream";
 import { AGENT_LIMITS } from "@codecourier/protocol";
 import type { Command } from "./commands/exec.js";
 import { CommandRegistry } from "./commands/registry.js";
+import { IdentityRefresher, type IdentityOptions } from "./identity/refresh.js";
 import { logProblem } from "./log.js";
 import { createAgentHttp2Server, type AgentState } from "./server.js";
 
@@ -13,6 +14,8 @@ const sessionWindowBytes = 8 * 1024 * 1024;
 export interface AgentOptions {
   /** Defaults to AGENT_LIMITS.maxConcurrentCommands. */
   maxConcurrentCommands?: number;
+  /** Where POST /v1/identity finds its helper and what it writes; see IdentityOptions. */
+  identity?: IdentityOptions;
 }
 
 /** One HTTP/2 session served over one host connection. */
@@ -20,7 +23,7 @@ export interface AgentSession {
   readonly sessionId: string;
   /** Resolves when the session has ended, for whatever reason. */
   readonly closed: Promise<void>;
-  /** Ends the session at once; its commands are killed because their streams close. */
+  /** Ends the session at once; its foreground commands are killed because their streams close. */
   close(): void;
 }
 
@@ -34,11 +37,16 @@ export class Agent implements AgentState {
   /** Filled in by markServing(); zeros until then (in-process tests never call it). */
   timeline = { processStartMs: 0, servingMs: 0 };
   readonly commands: CommandRegistry<Command>;
+  readonly identity: IdentityRefresher;
   readonly #server: Http2Server;
   readonly #sessionIds = new WeakMap<object, string>();
 
   constructor(options: AgentOptions = {}) {
-    this.commands = new CommandRegistry(options.maxConcurrentCommands ?? AGENT_LIMITS.maxConcurrentCommands);
+    this.commands = new CommandRegistry(
+      options.maxConcurrentCommands ?? AGENT_LIMITS.maxConcurrentCommands,
+      AGENT_LIMITS.maxRememberedExits,
+    );
+    this.identity = new IdentityRefresher(options.identity);
     this.#server = createAgentHttp2Server(this);
   }
 
@@ -85,7 +93,7 @@ export class Agent implements AgentState {
     };
   }
 
-  /** Kills every running command (process groups included). */
+  /** Kills every running command, background ones too, with their process groups. */
   killAllCommands(): void {
     for (const command of this.commands.values()) command.signal("SIGKILL");
   }

@@ -1,12 +1,13 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { closeSync, constants as fsConstants, createReadStream, openSync } from "node:fs";
-import { mkdtemp, open, rm, type FileHandle } from "node:fs/promises";
-import { connect, type ClientHttp2Session, type OutgoingHttpHeaders } from "node:http2";
+import { closeSync, constants as fsConstants, createReadStream, existsSync, openSync } from "node:fs";
+import { chmod, mkdtemp, open, readFile, rm, stat, writeFile, type FileHandle } from "node:fs/promises";
+import { connect, type ClientHttp2Session, type ClientHttp2Stream, type OutgoingHttpHeaders } from "node:http2";
+import { randomBytes } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Duplex } from "node:stream";
-import { describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
 import {
   AgentPath,
   EXEC_ID_HEADER,
@@ -17,9 +18,22 @@ import {
   encodeExecSpecHeader,
   encodeRecord,
   type AgentHealth,
+  type BackgroundCommandInfo,
   type ExecRecord,
+  type ExecSpec,
+  type IdentityRequest,
 } from "@codecourier/protocol";
-import { createAgent, fdPortIo, runSessionLoop, validateExecSpec, type Agent, type PortIo } from "./index.js";
+import {
+  createAgent,
+  fdPortIo,
+  runSessionLoop,
+  validateExecSpec,
+  validateIdentityRequest,
+  type Agent,
+  type IdentityOptions,
+  type PortIo,
+} from "./index.js";
+import { CommandRegistry } from "./commands/registry.js";
 
 /**
  * Simulates a virtio-serial port: while no host is connected, read() returns 0 at once (EOF) and writes block
@@ -450,5 +464,338 @@ describe("exec record codec", () => {
     assert.throws(() => new ExecRecordDecoder().push(Buffer.from([9, 0, 0, 0, 1, 0]), () => {}), ExecRecordFormatError);
     const huge = Buffer.from([1, 0xff, 0xff, 0xff, 0xff]);
     assert.throws(() => new ExecRecordDecoder().push(huge, () => {}), ExecRecordFormatError);
+  });
+});
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Decodes an exec or attach response as it streams in. */
+class RecordCollector {
+  readonly records: ExecRecord[] = [];
+  readonly head: Promise<Record<string, unknown>>;
+  /** Resolves when the response body has ended. */
+  readonly ended: Promise<void>;
+  readonly #decoder = new ExecRecordDecoder();
+
+  constructor(readonly stream: ClientHttp2Stream) {
+    stream.on("error", () => {});
+    this.head = new Promise((resolve) => stream.once("response", (headers) => resolve(headers)));
+    this.ended = new Promise((resolve) => stream.once("close", resolve));
+    stream.on("data", (chunk: Buffer) =>
+      this.#decoder.push(chunk, (record) => this.records.push({ ...record, payload: Buffer.from(record.payload) })),
+    );
+  }
+
+  text(kind: ExecRecord["kind"]): string {
+    return this.records
+      .filter((record) => record.kind === kind)
+      .map((record) => Buffer.from(record.payload).toString())
+      .join("");
+  }
+
+  get kinds(): string[] {
+    return [...new Set(this.records.map((record) => record.kind))];
+  }
+
+  exit(): unknown {
+    const last = this.records.at(-1);
+    assert.equal(last?.kind, "exit", `records end with ${last?.kind ?? "nothing"}`);
+    return JSON.parse(Buffer.from(last.payload).toString());
+  }
+
+  async waitForStdout(marker: string): Promise<void> {
+    for (let i = 0; i < 500 && !this.text("stdout").includes(marker); i++) await sleep(10);
+    assert.ok(this.text("stdout").includes(marker), `no "${marker}" in ${JSON.stringify(this.text("stdout"))}`);
+  }
+}
+
+function startExec(client: ClientHttp2Session, spec: ExecSpec, options: { endStream?: boolean } = {}): RecordCollector {
+  const headers = { ":method": "POST", ":path": AgentPath.exec, [EXEC_SPEC_HEADER]: encodeExecSpecHeader(spec) };
+  return new RecordCollector(client.request(headers, { endStream: options.endStream ?? true }));
+}
+
+function startAttach(client: ClientHttp2Session, id: string): RecordCollector {
+  return new RecordCollector(client.request({ ":path": AgentPath.attach(id) }));
+}
+
+async function listCommands(client: ClientHttp2Session): Promise<BackgroundCommandInfo[]> {
+  const response = await request(client, { ":path": AgentPath.commands });
+  assert.equal(response.status, 200);
+  return JSON.parse(response.body.toString()) as BackgroundCommandInfo[];
+}
+
+/** Polls the command list until the command has exited. */
+async function exitedCommand(client: ClientHttp2Session, id: string): Promise<BackgroundCommandInfo> {
+  for (let i = 0; i < 500; i++) {
+    const entry = (await listCommands(client)).find((command) => command.id === id);
+    if (entry?.running === false) return entry;
+    await sleep(10);
+  }
+  throw new Error(`command ${id} did not exit`);
+}
+
+/**
+ * One agent behind one port, and hosts that connect to it one after another: what a VM that is paused and resumed
+ * (or forked) looks like to the agent.
+ */
+async function withSuccessiveHosts(
+  run: (hosts: { connect(): ClientHttp2Session; disconnect(client: ClientHttp2Session): Promise<void> }, agent: Agent) => Promise<void>,
+  agent = createAgent(),
+): Promise<void> {
+  const port = new FakePort();
+  const stop = new AbortController();
+  const loop = runSessionLoop(port, (duplex) => agent.serveSession(duplex), { signal: stop.signal, pollIntervalMs: 5 });
+  const clients: ClientHttp2Session[] = [];
+  const hosts = {
+    connect() {
+      const client = connect("http://agent", { createConnection: () => port.connectHost() });
+      client.on("error", () => {});
+      clients.push(client);
+      return client;
+    },
+    async disconnect(client: ClientHttp2Session) {
+      client.destroy();
+      while (port.hostConnected) await sleep(5);
+    },
+  };
+  try {
+    await run(hosts, agent);
+  } finally {
+    for (const client of clients) client.destroy();
+    stop.abort();
+    await loop;
+    agent.killAllCommands();
+  }
+}
+
+describe("background commands", () => {
+  let dir: string;
+  before(async () => (dir = await mkdtemp(join(tmpdir(), "cc-background-"))));
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  it("survive the host going away and can be re-attached from a new session", () =>
+    withSuccessiveHosts(async (hosts, agent) => {
+      const go = join(dir, "go-1");
+      const first = hosts.connect();
+      const exec = startExec(first, {
+        shell: `echo started; while [ ! -e ${go} ]; do sleep 0.02; done; echo after-attach; echo err >&2; exit 5`,
+        background: true,
+      });
+      const id = String((await exec.head)[EXEC_ID_HEADER]);
+      await exec.waitForStdout("started");
+      await hosts.disconnect(first);
+      await sleep(50);
+      assert.equal(agent.commands.size, 1, "still running without a host");
+
+      const second = hosts.connect();
+      const listed = await listCommands(second);
+      assert.deepEqual(
+        listed.map(({ id, running }) => ({ id, running })),
+        [{ id, running: true }],
+      );
+      assert.ok(Math.abs((listed[0]?.startedAtMs ?? 0) - Date.now()) < 60_000);
+
+      const attached = startAttach(second, id);
+      const head = await attached.head;
+      assert.equal(head[":status"], 200);
+      assert.equal(head[EXEC_ID_HEADER], id);
+      await writeFile(go, "");
+      await attached.ended;
+      assert.equal(attached.text("stdout"), "after-attach\n", "output from the moment of attaching");
+      assert.equal(attached.text("stderr"), "err\n");
+      assert.deepEqual(attached.exit(), { exitCode: 5, signal: null, timedOut: false });
+
+      const [exited] = await listCommands(second);
+      assert.deepEqual(exited?.exit, { exitCode: 5, signal: null, timedOut: false });
+      assert.equal(exited?.running, false);
+      assert.equal(agent.commands.size, 0);
+
+      const late = startAttach(second, id);
+      await late.ended;
+      assert.deepEqual(late.kinds, ["exit"], "an exited command answers with its exit record only");
+      assert.deepEqual(late.exit(), { exitCode: 5, signal: null, timedOut: false });
+    }));
+
+  it("keep reading (and dropping) output while nobody is attached", () =>
+    withSuccessiveHosts(async (hosts) => {
+      const first = hosts.connect();
+      // Far more than the pipe and stream buffers hold: it only finishes if the agent reads on after the host left.
+      const exec = startExec(first, { shell: "head -c 20000000 /dev/zero; echo done", background: true });
+      const id = String((await exec.head)[EXEC_ID_HEADER]);
+      await hosts.disconnect(first);
+      const exited = await exitedCommand(hosts.connect(), id);
+      assert.deepEqual(exited.exit, { exitCode: 0, signal: null, timedOut: false });
+    }));
+
+  it("end stdin when the original stream goes away before its body ends", () =>
+    withSuccessiveHosts(async (hosts, agent) => {
+      const first = hosts.connect();
+      const exec = startExec(first, { shell: "cat; exit 7", background: true }, { endStream: false });
+      exec.stream.write("partial input");
+      const id = String((await exec.head)[EXEC_ID_HEADER]);
+      await exec.waitForStdout("partial input");
+      assert.equal(agent.commands.size, 1, "cat waits for more input");
+      await hosts.disconnect(first);
+      const exited = await exitedCommand(hosts.connect(), id);
+      assert.deepEqual(exited.exit, { exitCode: 7, signal: null, timedOut: false });
+    }));
+
+  it("hand their output to the newest attachment and detach the previous one", () =>
+    withSuccessiveHosts(async (hosts) => {
+      const client = hosts.connect();
+      const exec = startExec(client, { shell: "while :; do echo tick; sleep 0.02; done", background: true });
+      const id = String((await exec.head)[EXEC_ID_HEADER]);
+      await exec.waitForStdout("tick");
+      const first = startAttach(client, id);
+      await exec.ended;
+      assert.equal(exec.records.at(-1)?.kind, "detached", "the exec stream was detached");
+      await first.waitForStdout("tick");
+      const second = startAttach(client, id);
+      await first.ended;
+      assert.equal(first.records.at(-1)?.kind, "detached");
+      await second.waitForStdout("tick");
+      const signalled = await request(client, { ":method": "POST", ":path": AgentPath.signal(id) }, JSON.stringify({ signal: "SIGTERM" }));
+      assert.equal(signalled.status, 204);
+      await second.ended;
+      assert.deepEqual(second.exit(), { exitCode: null, signal: "SIGTERM", timedOut: false });
+    }));
+
+  it("answer 404 for unknown ids and 400 for foreground commands", () =>
+    withLoopback(async (client) => {
+      const unknown = await request(client, { ":path": AgentPath.attach("no-such-id") });
+      assert.equal(unknown.status, 404);
+      assert.equal(JSON.parse(unknown.body.toString()).error.code, "not_found");
+
+      const foreground = startExec(client, { argv: ["sleep", "100"] });
+      const id = String((await foreground.head)[EXEC_ID_HEADER]);
+      const refused = await request(client, { ":path": AgentPath.attach(id) });
+      assert.equal(refused.status, 400);
+      assert.equal(JSON.parse(refused.body.toString()).error.code, "bad_request");
+      assert.deepEqual(await listCommands(client), [], "foreground commands are not listed");
+
+      const wrongMethod = await request(client, { ":method": "POST", ":path": AgentPath.attach(id) });
+      assert.equal(wrongMethod.status, 400);
+    }));
+
+  it("remember a bounded number of exits", () => {
+    const registry = new CommandRegistry(10, 3);
+    const exit = { exitCode: 0, signal: null, timedOut: false };
+    for (let i = 0; i < 5; i++) {
+      const command = { id: `c${i}`, background: true, startedAtMs: i, signal() {} };
+      registry.add(command);
+      registry.finish(command, exit);
+    }
+    const foreground = { id: "f", background: false, startedAtMs: 9, signal() {} };
+    registry.add(foreground);
+    registry.finish(foreground, exit);
+    assert.deepEqual([...registry.exitedValues()].map(({ id }) => id), ["c2", "c3", "c4"]);
+    assert.equal(registry.size, 0);
+  });
+});
+
+describe("identity refresh", () => {
+  let dir: string;
+  let options: Required<IdentityOptions>;
+  /** Where the stand-in helper records how it was called. */
+  let helperArgs: string;
+  let helperInput: string;
+
+  const valid = (): IdentityRequest => ({
+    epochMs: Date.UTC(2031, 4, 6, 7, 8, 9, 123),
+    entropy: randomBytes(64).toString("base64"),
+    hostname: "clone-7.sandbox",
+    machineId: "0123456789abcdef0123456789abcdef",
+  });
+  const post = (client: ClientHttp2Session, body: unknown) =>
+    request(client, { ":method": "POST", ":path": AgentPath.identity }, typeof body === "string" ? body : JSON.stringify(body));
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "cc-identity-"));
+    helperArgs = join(dir, "helper-args");
+    helperInput = join(dir, "helper-input");
+    // Stands in for guest-identity, which sets the real clock and needs a guest: records its arguments and stdin.
+    const helperPath = join(dir, "fake-guest-identity");
+    await writeFile(helperPath, `#!/bin/sh\necho "$@" > ${helperArgs}\ncat > ${helperInput}\n`);
+    await chmod(helperPath, 0o755);
+    options = { helperPath, hostnamePath: join(dir, "hostname"), machineIdPath: join(dir, "machine-id") };
+  });
+  after(() => rm(dir, { recursive: true, force: true }));
+
+  it("runs the helper with the clock and entropy, then sets the hostname and machine id", () =>
+    withLoopback(async (client) => {
+      const identity = valid();
+      const response = await post(client, identity);
+      assert.equal(response.status, 200, response.body.toString());
+      assert.deepEqual(JSON.parse(response.body.toString()), {
+        clockSetTo: identity.epochMs,
+        reseeded: true,
+        hostname: identity.hostname,
+        machineId: identity.machineId,
+        machineIdWritten: true,
+      });
+      assert.equal(await readFile(helperArgs, "utf8"), `${identity.epochMs}\n`);
+      assert.ok((await readFile(helperInput)).equals(Buffer.from(identity.entropy, "base64")));
+      assert.equal(await readFile(options.hostnamePath, "utf8"), identity.hostname);
+      assert.equal(await readFile(options.machineIdPath, "utf8"), `${identity.machineId}\n`);
+      assert.equal((await stat(options.machineIdPath)).mode & 0o777, 0o444);
+    }, createAgent({ identity: options })));
+
+  it("rejects malformed requests with 400 and changes nothing", () =>
+    withLoopback(async (client) => {
+      await rm(helperArgs, { force: true });
+      await writeFile(options.hostnamePath, "before");
+      const bad: unknown[] = [
+        "{",
+        [],
+        { ...valid(), hostname: "bad_name" },
+        { ...valid(), hostname: "-leading-hyphen" },
+        { ...valid(), hostname: `${"a".repeat(60)}.com` },
+        { ...valid(), hostname: "" },
+        { ...valid(), entropy: randomBytes(16).toString("base64") },
+        { ...valid(), entropy: randomBytes(600).toString("base64") },
+        { ...valid(), entropy: "not base64!" },
+        { ...valid(), machineId: "0123456789ABCDEF0123456789ABCDEF" },
+        { ...valid(), machineId: "0".repeat(32) },
+        { ...valid(), machineId: "abc" },
+        { ...valid(), epochMs: 1_700_000_000 },
+        { ...valid(), epochMs: 1.5e12 + 0.5 },
+        { ...valid(), extra: true },
+        { entropy: valid().entropy, hostname: "x", machineId: valid().machineId },
+      ];
+      for (const body of bad) {
+        const response = await post(client, body);
+        assert.equal(response.status, 400, `${JSON.stringify(body).slice(0, 120)}: ${response.body.toString()}`);
+        assert.equal(JSON.parse(response.body.toString()).error.code, "bad_request");
+      }
+      assert.equal(existsSync(helperArgs), false, "the helper never ran");
+      assert.equal(await readFile(options.hostnamePath, "utf8"), "before");
+    }, createAgent({ identity: options })));
+
+  it("skips the machine id where there is no writable /etc and says so", () =>
+    withLoopback(async (client) => {
+      const response = await post(client, valid());
+      assert.equal(response.status, 200, response.body.toString());
+      assert.equal(JSON.parse(response.body.toString()).machineIdWritten, false);
+    }, createAgent({ identity: { ...options, machineIdPath: join(dir, "no-such-etc", "machine-id") } })));
+
+  it("reports a failing or missing helper as a 500 internal error", async () => {
+    const failing = join(dir, "failing-helper");
+    await writeFile(failing, "#!/bin/sh\necho 'guest-identity: clock_settime(CLOCK_REALTIME): Operation not permitted' >&2\nexit 1\n");
+    await chmod(failing, 0o755);
+    for (const helperPath of [failing, join(dir, "missing-helper"), undefined]) {
+      await withLoopback(async (client) => {
+        const response = await post(client, valid());
+        assert.equal(response.status, 500);
+        const { error } = JSON.parse(response.body.toString());
+        assert.equal(error.code, "internal");
+        if (helperPath === failing) assert.match(error.message, /Operation not permitted/);
+      }, createAgent({ identity: { ...options, helperPath } }));
+    }
+  });
+
+  it("validates requests without a server too", () => {
+    assert.deepEqual(validateIdentityRequest({ ...valid(), entropy: Buffer.alloc(32, 1).toString("base64") }).entropy, Buffer.alloc(32, 1));
+    assert.throws(() => validateIdentityRequest({ ...valid(), hostname: "a".repeat(64) }), { status: 400 });
+    assert.throws(() => validateIdentityRequest({ ...valid(), entropy: "AAAA" }), { status: 400 });
   });
 });

@@ -4,4 +4,6 @@ export { runSessionLoop, type ServedSession, type SessionLoopOptions } from "./t
 export { fdPortIo, type PortIo } from "./transport/port-io.js";
 export { findPortDevice, openAgentPort } from "./transport/port.js";
 export { validateExecSpec } from "./commands/spec.js";
+export { validateIdentityRequest } from "./identity/request.js";
+export type { IdentityOptions } from "./identity/refresh.js";
 export { AGENT_VERSION } from "./version.js";

@@ -1,6 +1,7 @@
 // Entry point of the guest agent (bundled to dist/agent.mjs). Must stay the first import: sizes the threadpool.
 import "./threadpool.js";
 import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
 import { createAgent } from "./agent-core.js";
 import { logProblem } from "./log.js";
 import { openAgentPort } from "./transport/port.js";
@@ -10,7 +11,9 @@ import { runSessionLoop } from "./transport/session-loop.js";
 process.on("uncaughtException", (error) => logProblem("uncaught exception", error));
 process.on("unhandledRejection", (reason) => logProblem("unhandled rejection", reason));
 
-const agent = createAgent();
+// The system disk's layout is the engine's business: it tells the agent where the identity helper lives.
+const { values: args } = parseArgs({ options: { "identity-helper": { type: "string" } } });
+const agent = createAgent({ identity: { helperPath: args["identity-helper"] } });
 const { device, io } = await openAgentPort();
 agent.markServing(Number(readFileSync("/proc/uptime", "utf8").split(" ")[0]) * 1000);
 logProblem(`serving on ${device} (pid ${process.pid})`);

@@ -1,12 +1,14 @@
 import { createServer, type Http2Server, type IncomingHttpHeaders, type ServerHttp2Stream } from "node:http2";
 import { release } from "node:os";
 import { AGENT_LIMITS, AGENT_PROTOCOL_VERSION, AgentPath, type AgentHealth } from "@codecourier/protocol";
+import { handleAttach, sendBackgroundCommands } from "./commands/background.js";
 import { Command, handleExec } from "./commands/exec.js";
 import type { CommandRegistry } from "./commands/registry.js";
 import { handleSignal } from "./commands/signal.js";
 import { receiveFileContent, sendFileContent } from "./files/content.js";
 import { sendList, sendStat } from "./files/metadata.js";
 import { RequestError, badRequest, requirePathParam, sendFailure, sendJson, toRequestError } from "./http/respond.js";
+import type { IdentityRefresher } from "./identity/refresh.js";
 import { logProblem } from "./log.js";
 import { AGENT_VERSION } from "./version.js";
 
@@ -19,6 +21,7 @@ export interface AgentState {
   readonly startedAt: number;
   readonly timeline: { processStartMs: number; servingMs: number };
   readonly commands: CommandRegistry<Command>;
+  readonly identity: IdentityRefresher;
   sessionIdOf(stream: ServerHttp2Stream): string;
 }
 
@@ -59,6 +62,12 @@ async function route(agent: AgentState, stream: ServerHttp2Stream, headers: Inco
     case AgentPath.exec:
       requireMethod(method, "POST");
       return handleExec(stream, headers, agent.commands);
+    case AgentPath.commands:
+      requireMethod(method, "GET");
+      return sendBackgroundCommands(stream, agent.commands);
+    case AgentPath.identity:
+      requireMethod(method, "POST");
+      return agent.identity.handle(stream);
     case AgentPath.file:
       if (method === "PUT") return receiveFileContent(stream, requirePathParam(query), query.get("mode"));
       requireMethod(method, "GET");
@@ -70,10 +79,14 @@ async function route(agent: AgentState, stream: ServerHttp2Stream, headers: Inco
       requireMethod(method, "GET");
       return sendList(stream, requirePathParam(query));
   }
-  const signalTarget = /^\/v1\/exec\/([^/]+)\/signal$/.exec(url.pathname)?.[1];
-  if (signalTarget !== undefined) {
+  const [, commandId, action] = /^\/v1\/exec\/([^/]+)\/(signal|attach)$/.exec(url.pathname) ?? [];
+  if (commandId !== undefined && action === "signal") {
     requireMethod(method, "POST");
-    return handleSignal(stream, decodePathSegment(signalTarget), agent.commands);
+    return handleSignal(stream, decodePathSegment(commandId), agent.commands);
+  }
+  if (commandId !== undefined && action === "attach") {
+    requireMethod(method, "GET");
+    return handleAttach(stream, decodePathSegment(commandId), agent.commands);
   }
   throw new RequestError(404, "not_found", `no such endpoint: ${url.pathname}`);
 }

@@ -29,6 +29,8 @@ export const AGENT_LIMITS = {
   maxConcurrentCommands: 256,
   /** Most concurrent HTTP/2 streams per session. */
   maxConcurrentStreams: 512,
+  /** Finished background commands whose exit the agent keeps for attach and the command list (oldest dropped). */
+  maxRememberedExits: 256,
 } as const;
 
 /** Paths served by the agent. */
@@ -37,6 +39,16 @@ export const AgentPath = {
   exec: "/v1/exec",
   /** POST /v1/exec/{id}/signal with {@link SignalRequest}. */
   signal: (id: string) => `/v1/exec/${encodeURIComponent(id)}/signal`,
+  /**
+   * GET /v1/exec/{id}/attach: re-attaches to a background command. Same response as exec (headers and records):
+   * output from the moment of attaching, then the exit record; only the exit record if it has already exited.
+   * The newest attachment wins: a previous one ends with a `detached` record.
+   */
+  attach: (id: string) => `/v1/exec/${encodeURIComponent(id)}/attach`,
+  /** GET → {@link BackgroundCommandInfo}[]: running background commands and the last exited ones. */
+  commands: "/v1/commands",
+  /** POST {@link IdentityRequest} → {@link IdentityResult}: a fresh clock, CRNG, hostname and machine id. */
+  identity: "/v1/identity",
   /** GET streams the file's bytes, PUT replaces it atomically with the request body. Query: path, mode (PUT). */
   file: "/v1/files/content",
   /** GET ?path= → {@link FileStat}. */
@@ -64,14 +76,22 @@ export interface ExecSpec {
   timeoutMs?: number;
   /** When false, the request body is ignored and stdin is /dev/null. Default true. */
   stdin?: boolean;
+  /**
+   * Keeps the command running when its stream or the whole session goes away (the host paused, restored or
+   * forked the VM); {@link AgentPath.attach} reconnects to its output. While nobody is attached its output is
+   * read and discarded, so it never blocks on a full pipe. Its stdin ends with the request body or when the
+   * original stream goes away, whichever comes first. Default false: the command is killed with its stream.
+   */
+  background?: boolean;
 }
 
 /**
  * The exec response body is a sequence of records: 1 byte kind, 4 bytes big-endian payload length, payload.
  * stdout and stderr records carry raw bytes (≤ {@link AGENT_LIMITS.maxOutputRecord}); exactly one `exit` record
- * (JSON {@link ExecExit}) ends the stream.
+ * (JSON {@link ExecExit}) ends the stream. A background command's stream may instead end with a `detached`
+ * record (empty payload): another attach took over its output, and the command keeps running.
  */
-export const OutputKind = { stdout: 1, stderr: 2, exit: 3 } as const;
+export const OutputKind = { stdout: 1, stderr: 2, exit: 3, detached: 4 } as const;
 export type OutputKindName = keyof typeof OutputKind;
 
 export interface ExecExit {
@@ -87,6 +107,48 @@ export interface ExecExit {
 
 export interface SignalRequest {
   signal: string;
+}
+
+/** One entry of {@link AgentPath.commands}. */
+export interface BackgroundCommandInfo {
+  id: string;
+  running: boolean;
+  /** Set once the command has exited (running is then false). */
+  exit?: ExecExit;
+  /** Guest wall clock (ms since the epoch) when the agent started the command. */
+  startedAtMs: number;
+}
+
+/** Bounds of {@link IdentityRequest}, enforced by the agent. */
+export const IDENTITY_LIMITS = {
+  minEntropyBytes: 32,
+  maxEntropyBytes: 512,
+  maxHostnameLength: 63,
+} as const;
+
+/**
+ * Sent after a VM is restored from a memory snapshot: every clone resumes with the clock of the moment it was
+ * saved, the same kernel CRNG state (identical /dev/urandom output), hostname and machine id.
+ */
+export interface IdentityRequest {
+  /** The guest's new wall clock, ms since the epoch (the host's clock, sent right before). */
+  epochMs: number;
+  /** Base64 of {@link IDENTITY_LIMITS.minEntropyBytes}..{@link IDENTITY_LIMITS.maxEntropyBytes} bytes from the host's CSPRNG. */
+  entropy: string;
+  /** RFC 1123 name: dot-separated labels of letters, digits and inner hyphens; at most 63 characters. */
+  hostname: string;
+  /** 32 lowercase hex digits, not all zero (the format of /etc/machine-id). */
+  machineId: string;
+}
+
+export interface IdentityResult {
+  clockSetTo: number;
+  /** The entropy was added to the kernel's pool and the CRNG reseeded from it. */
+  reseeded: true;
+  hostname: string;
+  machineId: string;
+  /** False when /etc/machine-id could not be written (read-only root, no /etc); the rest was still applied. */
+  machineIdWritten: boolean;
 }
 
 export interface AgentHealth {

@@ -3,20 +3,12 @@ import { randomUUID } from "node:crypto";
 import { stat } from "node:fs/promises";
 import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import type { Readable, Writable } from "node:stream";
-import {
-  AGENT_LIMITS,
-  EXEC_ID_HEADER,
-  EXEC_RECORDS_CONTENT_TYPE,
-  EXEC_SPEC_HEADER,
-  OutputKind,
-  encodeRecord,
-  type ExecExit,
-  type ExecSpec,
-} from "@codecourier/protocol";
+import { EXEC_SPEC_HEADER, OutputKind, type ExecExit, type ExecSpec } from "@codecourier/protocol";
 import { RequestError } from "../http/respond.js";
 import { logProblem } from "../log.js";
+import { Attachment, respondWithRecords } from "./attachment.js";
 import { signalProcessGroup } from "./process-group.js";
-import type { CommandRegistry } from "./registry.js";
+import type { CommandRegistry, RegisteredCommand } from "./registry.js";
 import { parseExecSpecHeader } from "./spec.js";
 import { UnknownUserError, resolveUser } from "./user.js";
 
@@ -42,7 +34,8 @@ export function handleExec(
     throw new RequestError(429, "too_many_commands", `at most ${registry.capacity} commands may run at once`);
   }
   const command = new Command(spec, stream, registry);
-  stream.respond({ ":status": 200, "content-type": EXEC_RECORDS_CONTENT_TYPE, [EXEC_ID_HEADER]: command.id });
+  respondWithRecords(stream, command.id);
+  command.attach(stream);
   registry.add(command);
   command.start().catch((error: unknown) => {
     logProblem(`exec ${command.id} failed`, error);
@@ -50,34 +43,54 @@ export function handleExec(
   });
 }
 
-/** One running command, bound to the HTTP/2 stream that started it. */
-export class Command {
+/**
+ * One running command. Its stdin comes from the exec stream that started it; its output goes to its current
+ * attachment: that same stream or, for a background command, the stream of its latest attach (or nowhere).
+ */
+export class Command implements RegisteredCommand {
   readonly id = randomUUID();
+  readonly startedAtMs = Date.now();
+  readonly background: boolean;
   #child: ChildProcess | undefined;
   #timer: NodeJS.Timeout | undefined;
   #timedOut = false;
   #finished = false;
-  /** Host went away before the exit record: nobody will read the output any more. */
+  /** A foreground command's host went away before the exit record: nobody will read the output any more. */
   #cancelled = false;
-  #waitingForDrain = false;
+  #attachment: Attachment | undefined;
+  /** The attachment whose full buffer made us stop reading the child's pipes, if any. */
+  #outputPausedFor: Attachment | undefined;
   /** Signals that arrived while the user was still being resolved, delivered right after spawn. */
   readonly #earlySignals: NodeJS.Signals[] = [];
 
   constructor(
     private readonly spec: ExecSpec,
-    private readonly stream: ServerHttp2Stream,
+    /** The stream that started the command: its request body is the command's stdin. */
+    private readonly execStream: ServerHttp2Stream,
     private readonly registry: CommandRegistry<Command>,
   ) {
-    // Closed before the exit record went out = the host reset the stream or the session died.
-    stream.on("close", () => {
-      if (!this.#finished) this.#cancel();
-    });
+    this.background = spec.background === true;
+  }
+
+  /**
+   * Sends the output from now on to `stream`, whose response headers must be out. A previous attachment ends
+   * with a detached record: the newest attachment wins, so a host that lost track of an old one is never locked
+   * out by it.
+   */
+  attach(stream: ServerHttp2Stream): void {
+    const previous = this.#attachment;
+    const attachment = new Attachment(stream);
+    this.#attachment = attachment;
+    stream.on("close", () => this.#onAttachmentClosed(attachment));
+    previous?.detach();
+    // Waiting for the previous attachment's buffer to drain would stall the new one for nothing.
+    this.#resumeOutput();
   }
 
   async start(): Promise<void> {
-    const { spec, stream } = this;
+    const { spec, execStream } = this;
     const wantsStdin = spec.stdin !== false;
-    if (!wantsStdin) stream.resume(); // discard any body so flow control never stalls the host
+    if (!wantsStdin) execStream.resume(); // discard any body so flow control never stalls the host
 
     let identity: { uid?: number; gid?: number; home: string; name?: string };
     try {
@@ -148,42 +161,64 @@ export class Command {
     signalProcessGroup(pid, signal);
   }
 
-  #forwardOutput(output: Readable | null, kind: number): void {
+  #onAttachmentClosed(attachment: Attachment): void {
+    if (this.#attachment !== attachment) return; // already replaced, or the command finished
+    this.#attachment = undefined;
+    // Nobody to wait for any more: read on (and discard) so a background command never blocks on a full pipe.
+    this.#resumeOutput();
+    // Closed before the exit record went out = the host reset the stream or the session died.
+    if (!this.#finished && !this.background) this.#cancel();
+  }
+
+  #forwardOutput(output: Readable | null, kind: typeof OutputKind.stdout | typeof OutputKind.stderr): void {
     if (output === null) return;
     output.on("data", (chunk: Buffer) => {
-      if (this.#cancelled || this.stream.destroyed) return;
-      for (let offset = 0; offset < chunk.length; offset += AGENT_LIMITS.maxOutputRecord) {
-        const payload = chunk.subarray(offset, offset + AGENT_LIMITS.maxOutputRecord);
-        if (!this.stream.write(encodeRecord(kind, payload))) this.#pauseOutputUntilDrain();
-      }
+      const attachment = this.#attachment;
+      // Unattached (a background command between hosts): the output is dropped, but the pipe keeps flowing.
+      if (attachment === undefined || this.#cancelled || !attachment.isOpen) return;
+      if (!attachment.writeOutput(kind, chunk)) this.#pauseOutputUntilWritable(attachment);
     });
     output.on("error", (error) => logProblem(`exec ${this.id}: output pipe error`, error));
   }
 
   /** Backpressure: the host is not reading, so stop reading both pipes; the child then blocks on write. */
-  #pauseOutputUntilDrain(): void {
-    if (this.#waitingForDrain) return;
-    this.#waitingForDrain = true;
-    const child = this.#child;
-    child?.stdout?.pause();
-    child?.stderr?.pause();
-    this.stream.once("drain", () => {
-      this.#waitingForDrain = false;
-      child?.stdout?.resume();
-      child?.stderr?.resume();
+  #pauseOutputUntilWritable(attachment: Attachment): void {
+    if (this.#outputPausedFor !== undefined) return;
+    this.#outputPausedFor = attachment;
+    this.#child?.stdout?.pause();
+    this.#child?.stderr?.pause();
+    attachment.whenWritable(() => {
+      if (this.#outputPausedFor === attachment) this.#resumeOutput();
     });
   }
 
+  #resumeOutput(): void {
+    if (this.#outputPausedFor === undefined) return;
+    this.#outputPausedFor = undefined;
+    this.#child?.stdout?.resume();
+    this.#child?.stderr?.resume();
+  }
+
   #feedStdin(stdin: Writable): void {
+    const { execStream } = this;
+    // A reset stream's unread body is gone; a background command must not wait for it forever.
+    if (execStream.destroyed) {
+      stdin.end();
+      return;
+    }
     // pipe() pauses the request body while stdin is full and ends stdin when the body ends.
-    this.stream.pipe(stdin);
+    execStream.pipe(stdin);
     const discardRest = () => {
       // The child closed stdin (or exited): drop whatever the host still sends instead of stalling its window.
-      this.stream.unpipe(stdin);
-      this.stream.resume();
+      execStream.unpipe(stdin);
+      execStream.resume();
     };
     stdin.on("error", discardRest); // EPIPE when the child exits without reading everything
     stdin.on("close", discardRest);
+    // The stream went away without ending its body: a background command, still running, sees EOF.
+    execStream.once("close", () => {
+      if (!stdin.destroyed) stdin.end();
+    });
   }
 
   #onTimeout(): void {
@@ -235,20 +270,21 @@ export class Command {
 
   #finish(exit: ExecExit): void {
     if (this.#finished) return;
-    this.#finished = true;
-    clearTimeout(this.#timer);
-    this.registry.delete(this.id);
-    const { stream } = this;
-    if (stream.destroyed || stream.closed || this.#cancelled) return;
-    stream.end(encodeRecord(OutputKind.exit, Buffer.from(JSON.stringify(exit), "utf8")));
-    // The host may still be sending stdin; drain it so the stream can close.
-    stream.resume();
+    this.#markFinished(exit);
+    const attachment = this.#attachment;
+    this.#attachment = undefined;
+    if (!this.#cancelled) attachment?.end(exit);
   }
 
+  /** A foreground command whose host left before it could be spawned: nobody is told, nothing is kept. */
   #finishQuietly(): void {
+    this.#markFinished(undefined);
+  }
+
+  #markFinished(exit: ExecExit | undefined): void {
     this.#finished = true;
     clearTimeout(this.#timer);
-    this.registry.delete(this.id);
+    this.registry.finish(this, exit);
   }
 }
 

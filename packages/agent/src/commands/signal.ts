@@ -1,10 +1,10 @@
 import { constants as osConstants } from "node:os";
 import type { ServerHttp2Stream } from "node:http2";
 import { RequestError, badRequest, readJsonBody } from "../http/respond.js";
-import type { CommandRegistry, SignalTarget } from "./registry.js";
+import type { CommandRegistry } from "./registry.js";
 
 /** POST /v1/exec/{id}/signal with {"signal": "SIGTERM"}: signals the command's whole process group. */
-export async function handleSignal(stream: ServerHttp2Stream, id: string, registry: CommandRegistry<SignalTarget>): Promise<void> {
+export async function handleSignal(stream: ServerHttp2Stream, id: string, registry: CommandRegistry): Promise<void> {
   const body = await readJsonBody(stream);
   const signal = (body as { signal?: unknown } | null)?.signal;
   if (typeof signal !== "string" || !Object.hasOwn(osConstants.signals, signal)) {

@@ -1,7 +1,7 @@
 import { decodeExecSpecHeader, type ExecSpec } from "@codecourier/protocol";
 import { badRequest } from "../http/respond.js";
 
-const knownKeys = new Set(["argv", "shell", "env", "cwd", "user", "timeoutMs", "stdin"]);
+const knownKeys = new Set(["argv", "shell", "env", "cwd", "user", "timeoutMs", "stdin", "background"]);
 const maxArgs = 65_536;
 const maxEnvVars = 4_096;
 /** setTimeout's largest delay; longer values would fire immediately. */
@@ -25,7 +25,7 @@ export function validateExecSpec(raw: unknown): ExecSpec {
     if (!knownKeys.has(key)) throw badRequest(`unknown exec spec field: ${key.slice(0, 64)}`);
   }
   const spec: ExecSpec = {};
-  const { argv, shell, env, cwd, user, timeoutMs, stdin } = raw;
+  const { argv, shell, env, cwd, user, timeoutMs, stdin, background } = raw;
 
   if ((argv === undefined) === (shell === undefined)) throw badRequest("exactly one of argv and shell is required");
   if (argv !== undefined) {
@@ -77,6 +77,11 @@ export function validateExecSpec(raw: unknown): ExecSpec {
   if (stdin !== undefined) {
     if (typeof stdin !== "boolean") throw badRequest("stdin must be a boolean");
     spec.stdin = stdin;
+  }
+
+  if (background !== undefined) {
+    if (typeof background !== "boolean") throw badRequest("background must be a boolean");
+    spec.background = background;
   }
   return spec;
 }

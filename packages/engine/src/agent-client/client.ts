@@ -7,16 +7,25 @@ import {
   EXEC_SPEC_HEADER,
   encodeExecSpecHeader,
   type AgentHealth,
+  type BackgroundCommandInfo,
   type DirEntry,
   type ExecExit,
   type ExecSpec,
   type FileStat,
+  type IdentityRequest,
+  type IdentityResult,
 } from "@codecourier/protocol";
-import { CommandHandle, type ExecOptions } from "./command.js";
+import { CommandHandle, type AttachOptions, type ExecOptions } from "./command.js";
 import { AgentConnection } from "./connection.js";
-import { AgentClientError, AgentDisconnectedError, AgentError, AgentTimeoutError } from "./errors.js";
+import { AgentClientError, AgentDisconnectedError, AgentError, AgentProtocolError, AgentTimeoutError } from "./errors.js";
 import { Http2FrameGuard } from "./frame-guard.js";
-import { parseDirEntries, parseFileStat, parseHealth } from "./validate.js";
+import {
+  parseBackgroundCommands,
+  parseDirEntries,
+  parseFileStat,
+  parseHealth,
+  parseIdentityResult,
+} from "./validate.js";
 
 export interface ConnectOptions {
   /** Bound on connecting plus the first health check. Default 10 s. */
@@ -165,6 +174,39 @@ export class AgentClient {
       (id, signal) => this.#signal(id, signal),
       { ...options, stdinEnabled: spec.stdin !== false },
     );
+  }
+
+  /**
+   * Re-attaches to a background command, e.g. after a reconnect: its output from now on, then its exit (only the
+   * exit if it has already exited). The newest attachment wins: an earlier handle's wait() rejects with
+   * CommandDetachedError. An unknown id fails wait() with AgentError "not_found".
+   */
+  attach(id: string, options: AttachOptions = {}): CommandHandle {
+    const connection = this.#connection;
+    return new CommandHandle(
+      connection,
+      () => connection.open("GET", AgentPath.attach(id)),
+      (commandId, signal) => this.#signal(commandId, signal),
+      { ...options, stdinEnabled: false, expectedId: id },
+    );
+  }
+
+  /** Background commands: the running ones and the last exited ones (AGENT_LIMITS.maxRememberedExits). */
+  async listCommands(): Promise<BackgroundCommandInfo[]> {
+    return parseBackgroundCommands(await this.#unary("GET", AgentPath.commands));
+  }
+
+  /**
+   * Gives a guest restored from a memory snapshot its own clock, kernel CRNG state, hostname and machine id
+   * (see createIdentityRequest). The agent validates the request and changes nothing if it is malformed.
+   */
+  async refreshIdentity(request: IdentityRequest): Promise<IdentityResult> {
+    const body = Buffer.from(JSON.stringify(request), "utf8");
+    const result = parseIdentityResult(await this.#unary("POST", AgentPath.identity, body));
+    if (result.hostname !== request.hostname || result.machineId !== request.machineId || result.clockSetTo !== request.epochMs) {
+      throw new AgentProtocolError("the agent confirmed a different identity than the one requested");
+    }
+    return result;
   }
 
   /** Runs a command to completion and collects its output (each stream bounded by `maxOutputBytes`). */

@@ -8,14 +8,20 @@ import {
   type ExecRecord,
 } from "@codecourier/protocol";
 import type { AgentConnection } from "./connection.js";
-import { AgentClientError, AgentDisconnectedError, AgentError, AgentProtocolError } from "./errors.js";
+import { AgentClientError, AgentDisconnectedError, AgentError, AgentProtocolError, CommandDetachedError } from "./errors.js";
 import { parseCommandId, parseExecExit } from "./validate.js";
 
-export interface ExecOptions {
+export interface AttachOptions {
+  /**
+   * Aborting resets the request. The agent then SIGKILLs the command's process group, unless it is a background
+   * command: that one keeps running, only this handle lets go of it.
+   */
+  signal?: AbortSignal;
+}
+
+export interface ExecOptions extends AttachOptions {
   /** The command's stdin. Omitted: stdin is empty (EOF at once). A Readable is streamed with backpressure. */
   stdin?: Readable | Buffer | string;
-  /** Aborting resets the request; the agent then SIGKILLs the command's process group. */
-  signal?: AbortSignal;
 }
 
 /** Buffered per output stream before the HTTP/2 stream is paused (which, in turn, pauses the guest's child). */
@@ -41,6 +47,10 @@ class CommandOutput extends Readable {
  * paused, the HTTP/2 window fills up and the agent stops reading the child's pipes, so the child blocks — the
  * same backpressure a local child process has. Consume both (or use AgentClient.run) to avoid stalling.
  * wait() resolves only after the exit record, which comes after all output.
+ *
+ * A handle of a background command (ExecSpec.background) sees its output only while attached: from exec() until
+ * the session ends, or from AgentClient.attach(). If another attach takes over, wait() rejects with
+ * CommandDetachedError and the command runs on.
  */
 export class CommandHandle {
   /** Resolves with the agent's command id once the command has started (response headers received). */
@@ -64,13 +74,17 @@ export class CommandHandle {
   #readingErrorBody = false;
   #removeAbortListener = ignore;
 
-  /** @internal Use AgentClient.exec(). */
+  /** Set for attach: the id the response must carry. */
+  readonly #expectedId: string | undefined;
+
+  /** @internal Use AgentClient.exec() or AgentClient.attach(). */
   constructor(
     connection: AgentConnection,
     openRequest: (endStream: boolean) => ClientHttp2Stream,
     sendSignal: (id: string, signal: string) => Promise<void>,
-    options: ExecOptions & { stdinEnabled: boolean },
+    options: ExecOptions & { stdinEnabled: boolean; expectedId?: string },
   ) {
+    this.#expectedId = options.expectedId;
     this.#connection = connection;
     this.#sendSignal = sendSignal;
     this.id = new Promise((resolve, reject) => ((this.#resolveId = resolve), (this.#rejectId = reject)));
@@ -140,7 +154,10 @@ export class CommandHandle {
     }
   }
 
-  /** Abandons the command: resets its stream (the agent SIGKILLs the group); wait() rejects with `reason`. */
+  /**
+   * Abandons the command: resets its stream (the agent SIGKILLs the group, or for a background command only
+   * detaches); wait() rejects with `reason`.
+   */
   cancel(reason: AgentClientError = new AgentDisconnectedError("the command was cancelled")): void {
     this.#fail(reason);
   }
@@ -155,6 +172,9 @@ export class CommandHandle {
     let id: string;
     try {
       id = parseCommandId(idHeader);
+      if (this.#expectedId !== undefined && id !== this.#expectedId) {
+        throw new AgentProtocolError(`attached to command ${this.#expectedId}, but the agent answered for ${id}`);
+      }
     } catch (error) {
       this.#fail(error as AgentProtocolError, h2.NGHTTP2_PROTOCOL_ERROR);
       return;
@@ -182,7 +202,12 @@ export class CommandHandle {
   }
 
   #onRecord(record: ExecRecord): void {
+    if (this.#settled) return; // e.g. detached by an earlier record of the same chunk
     if (this.#exitRecord !== undefined) throw new AgentProtocolError("data after the exit record");
+    if (record.kind === "detached") {
+      this.#fail(new CommandDetachedError("another attach took over the command's output; the command keeps running"));
+      return;
+    }
     if (record.kind === "exit") {
       let json: unknown;
       try {

@@ -27,3 +27,9 @@ export class AgentDisconnectedError extends AgentClientError {}
 
 /** The agent did not answer in time. */
 export class AgentTimeoutError extends AgentClientError {}
+
+/**
+ * A background command's output was taken over by a newer attach (from this host or another): this handle gets
+ * nothing more, while the command keeps running.
+ */
+export class CommandDetachedError extends AgentClientError {}

@@ -1,9 +1,11 @@
 export { AgentClient, type ConnectOptions, type RunOptions, type RunResult, type WriteFileOptions } from "./client.js";
-export { CommandHandle, type ExecOptions } from "./command.js";
+export { CommandHandle, type AttachOptions, type ExecOptions } from "./command.js";
 export {
   AgentClientError,
   AgentDisconnectedError,
   AgentError,
   AgentProtocolError,
   AgentTimeoutError,
+  CommandDetachedError,
 } from "./errors.js";
+export { createIdentityRequest } from "./identity.js";

@@ -1,12 +1,16 @@
 import {
+  AGENT_LIMITS,
   AGENT_PROTOCOL_VERSION,
+  IDENTITY_LIMITS,
   type AgentErrorBody,
   type AgentErrorCode,
   type AgentHealth,
+  type BackgroundCommandInfo,
   type DirEntry,
   type ExecExit,
   type FileStat,
   type FileType,
+  type IdentityResult,
 } from "@codecourier/protocol";
 import { AgentProtocolError } from "./errors.js";
 
@@ -125,4 +129,36 @@ export function parseErrorBody(json: unknown): AgentErrorBody["error"] {
 export function parseCommandId(value: unknown): string {
   if (typeof value !== "string" || !/^[A-Za-z0-9_-]{1,128}$/.test(value)) fail("command id");
   return value;
+}
+
+/** Running background commands plus remembered exits: the agent never lists more than both limits together. */
+const maxListedCommands = AGENT_LIMITS.maxConcurrentCommands + AGENT_LIMITS.maxRememberedExits;
+
+export function parseBackgroundCommands(json: unknown): BackgroundCommandInfo[] {
+  if (!Array.isArray(json) || json.length > maxListedCommands) fail("command list");
+  return json.map((entry: unknown) => {
+    if (!isObject(entry) || typeof entry.running !== "boolean" || !isCount(entry.startedAtMs)) fail("command list");
+    const { running, startedAtMs } = entry;
+    const id = parseCommandId(entry.id);
+    // A running command has no exit yet; an exited one must say how it ended.
+    if (running !== (entry.exit === undefined)) fail("command list");
+    const info: BackgroundCommandInfo = { id, running, startedAtMs };
+    if (entry.exit !== undefined) info.exit = parseExecExit(entry.exit);
+    return info;
+  });
+}
+
+export function parseIdentityResult(json: unknown): IdentityResult {
+  if (!isObject(json)) fail("identity result");
+  const { clockSetTo, reseeded, hostname, machineId, machineIdWritten } = json;
+  if (
+    !isCount(clockSetTo) ||
+    reseeded !== true ||
+    !isBoundedString(hostname, IDENTITY_LIMITS.maxHostnameLength) ||
+    !isBoundedString(machineId, 32) ||
+    typeof machineIdWritten !== "boolean"
+  ) {
+    fail("identity result");
+  }
+  return { clockSetTo, reseeded, hostname, machineId, machineIdWritten };
 }

@@ -11,6 +11,7 @@ import { Recipe, sha256File } from "./recipe.js";
 import { ensureGuestNode } from "./guest-node.js";
 import { buildFloorInitramfs, floorInitScript } from "./floor-initramfs.js";
 import { agentCommand, buildSystemDisk } from "./system-disk.js";
+import { GUEST_IDENTITY_HELPER, guestIdentityHelperSource } from "./guest-identity-helper.js";
 
 /** Everything needed to boot a guest: built, cached and content-addressed under the data dir. */
 export interface GuestImage {
@@ -110,6 +111,8 @@ export async function ensureGuestImage(log: BuildLog = () => {}): Promise<GuestI
   await systemRecipe.addFile("busybox", "/bin/busybox");
   await systemRecipe.addFile("node", nodeBinary);
   await systemRecipe.addFile("agent", agentBundle);
+  systemRecipe.add("identity-helper-flags", GUEST_IDENTITY_HELPER.compilerArgs.join(" "));
+  await systemRecipe.addFile("identity-helper", guestIdentityHelperSource());
   const systemDiskPath = await cached("system", systemRecipe.digest(), "system.ext4", log, (stage, out) =>
     buildSystemDisk({ stageDir: stage, outFile: out, nodeBinary, agentBundle }),
   );

@@ -35,10 +35,10 @@ describe("qemuArgs", () => {
 
   it("sizes the VM and sandboxes QEMU", () => {
     const args = qemuArgs({ ...base, accel: "tcg" });
-    assert.deepEqual(valueAfter(args, "-m"), ["512"]);
+    assert.deepEqual(valueAfter(args, "-m"), ["512M"]);
     assert.deepEqual(valueAfter(args, "-smp"), ["2"]);
     assert.match(valueAfter(args, "-sandbox")[0]!, /^on,.*spawn=deny/);
-    assert.deepEqual(valueAfter(args, "-M"), ["microvm,pit=on,rtc=on"]);
+    assert.deepEqual(valueAfter(args, "-M"), ["microvm,pit=on,rtc=on,memory-backend=mem"]);
   });
 
   it("attaches the system disk read-only and the root overlay writable", () => {

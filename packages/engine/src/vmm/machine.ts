@@ -17,7 +17,25 @@ export interface MachineSpec {
   agentSocket?: string;
   consoleLog: string;
   extraKernelArgs?: readonly string[];
+  /** Where guest RAM lives. Default: anonymous host memory. */
+  memory?: GuestMemory;
+  /**
+   * Start with `-incoming defer`: QEMU waits for a device state to be loaded through QMP (a snapshot restore)
+   * instead of booting the kernel.
+   */
+  incoming?: boolean;
+  /** CPU model under TCG (default {@link TCG_CPU_MODEL}); part of the layout a snapshot must match. */
+  tcgCpuModel?: string;
 }
+
+/**
+ * Guest RAM backing. Templates and snapshots keep RAM in a file mapped shared (written through to the file);
+ * clones map that file private, so every clone shares its pages copy-on-write and loads them lazily.
+ */
+export type GuestMemory = { kind: "anonymous" } | { kind: "file"; path: string; shared: boolean };
+
+/** RAM backend id; the migration stream names RAM by it, so it must never change. */
+export const MEMORY_BACKEND_ID = "mem";
 
 export const MEMORY_LIMITS_MIB = { min: 128, max: 64 * 1024 } as const;
 export const CPU_LIMITS = { min: 1, max: 64 } as const;
@@ -61,7 +79,7 @@ export function hostTscKhz(): number | undefined {
 export function qemuArgs(spec: MachineSpec): string[] {
   const args = [
     "-M",
-    "microvm,pit=on,rtc=on",
+    `microvm,pit=on,rtc=on,memory-backend=${MEMORY_BACKEND_ID}`,
     "-nodefaults",
     "-no-user-config",
     "-display",
@@ -70,7 +88,9 @@ export function qemuArgs(spec: MachineSpec): string[] {
     "-sandbox",
     "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     "-m",
-    String(spec.memoryMiB),
+    `${spec.memoryMiB}M`,
+    "-object",
+    memoryBackend(spec.memory ?? { kind: "anonymous" }, spec.memoryMiB),
     "-smp",
     String(spec.cpus),
     "-kernel",
@@ -86,7 +106,7 @@ export function qemuArgs(spec: MachineSpec): string[] {
     // -arch-capabilities: on AMD hosts KVM refuses the MSR ("failed to set MSR 0x10a").
     args.push("-accel", "kvm", "-cpu", "host,-arch-capabilities");
   } else {
-    args.push("-accel", "tcg,thread=multi", "-cpu", TCG_CPU_MODEL);
+    args.push("-accel", "tcg,thread=multi", "-cpu", spec.tcgCpuModel ?? TCG_CPU_MODEL);
   }
   if (spec.qmpSocket) args.push("-qmp", `unix:${spec.qmpSocket},server=on,wait=off`);
   if (spec.agentSocket) {
@@ -116,7 +136,20 @@ export function qemuArgs(spec: MachineSpec): string[] {
     );
   }
   args.push("-object", "rng-random,id=rng,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng");
+  if (spec.agentSocket) {
+    // A network device is part of every sandbox's layout from the start, so a restored clone can later be wired to
+    // its own network without changing the device layout its snapshot was taken with. Until then its backend is a
+    // hub with no other port: frames go nowhere (default deny).
+    args.push("-netdev", "hubport,id=net0,hubid=0", "-device", "virtio-net-device,netdev=net0,mac=02:cc:00:00:00:02");
+  }
+  if (spec.incoming) args.push("-incoming", "defer");
   return args;
+}
+
+function memoryBackend(memory: GuestMemory, memoryMiB: number): string {
+  if (memory.kind === "anonymous") return `memory-backend-ram,id=${MEMORY_BACKEND_ID},size=${memoryMiB}M`;
+  if (memory.path.includes(",")) throw new Error(`memory file path must not contain a comma: ${memory.path}`);
+  return `memory-backend-file,id=${MEMORY_BACKEND_ID},size=${memoryMiB}M,mem-path=${memory.path},share=${memory.shared ? "on" : "off"}`;
 }
 
 export const QEMU_BINARY = process.env.CODECOURIER_QEMU ?? "qemu-system-x86_64";

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, openSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { existsSync } from "node:fs";
@@ -11,7 +12,8 @@ import { AgentClient, AgentDisconnectedError, AgentProtocolError } from "../agen
 import { runTool } from "../util/run-tool.js";
 import { chooseAccelerator } from "./accel.js";
 import { VmBootTimeoutError, VmConfigError, VmCrashedError } from "./errors.js";
-import { CPU_LIMITS, MEMORY_LIMITS_MIB, QEMU_BINARY, qemuArgs, type Accelerator } from "./machine.js";
+import { CPU_LIMITS, MEMORY_LIMITS_MIB, QEMU_BINARY, qemuArgs, type Accelerator, type GuestMemory } from "./machine.js";
+import { loadDeviceState } from "./migration.js";
 import { QmpClient } from "./qmp.js";
 import { trackVm, untrackVm } from "./reaper.js";
 
@@ -23,12 +25,36 @@ export interface VmOptions {
   accel?: Accelerator;
   /** From QEMU spawn to a ready agent. Default 60 s. */
   bootTimeoutMs?: number;
+  /** Guest RAM backing; default anonymous memory. A template boots with a shared memory file. */
+  memory?: GuestMemory;
+  /**
+   * The qcow2 layer the VM writes its root disk to, created by the caller (its owner decides where disk layers
+   * live). Default: a fresh overlay over the image's base inside the VM's runtime directory.
+   */
+  rootDisk?: string;
+  /** CPU model under TCG; default TCG_CPU_MODEL. */
+  tcgCpuModel?: string;
+}
+
+/** What a restore needs: the saved device state and the RAM and disk it was saved with. */
+export interface RestoreOptions extends Omit<VmOptions, "memory" | "rootDisk"> {
+  memoryMiB: number;
+  cpus: number;
+  accel: Accelerator;
+  /** RAM file of the snapshot: mapped private, so the clone shares its pages copy-on-write. */
+  memoryFile: string;
+  /** Device state saved with x-ignore-shared (the RAM is in memoryFile). */
+  deviceStateFile: string;
+  /** Writable qcow2 layer over the snapshot's disk, created by the caller. */
+  rootDisk: string;
 }
 
 export type VmState = "booting" | "running" | "stopped" | "crashed";
 
 /** Longest Unix socket path the kernel accepts (sun_path) minus the terminating NUL. */
 const MAX_SOCKET_PATH = 107;
+/** Descriptor number under which a restoring QEMU inherits the device state file. */
+const INCOMING_STATE_FD = 3;
 /** Connection attempts of reconnectAgent(); see there why one may fail. */
 const RECONNECT_ATTEMPTS = 3;
 /** drainStaleOutput() stops once the agent's port has sent nothing for this long. */
@@ -85,6 +111,9 @@ export class Vm extends EventEmitter {
   #qmp: QmpClient | undefined;
   #exit: Promise<void>;
   #stopping = false;
+  #qemuStderr = "";
+  /** The qcow2 layer the guest writes its root disk to. */
+  rootDisk = "";
 
   private constructor(
     readonly id: string,
@@ -120,15 +149,55 @@ export class Vm extends EventEmitter {
 
   /** Boots a VM from the image and resolves once its agent answers. On any failure nothing is left running. */
   static async boot(options: VmOptions): Promise<Vm> {
-    const memoryMiB = options.memoryMiB ?? 512;
-    const cpus = options.cpus ?? 1;
-    const id = `vm-${randomBytes(6).toString("hex")}`;
+    const vm = await Vm.#launch(options, { incoming: false });
+    const deadline = Date.now() + (options.bootTimeoutMs ?? 60_000);
+    await vm.#startOrTearDown(deadline, options.bootTimeoutMs ?? 60_000, (qmpSocket, agentSocket) =>
+      vm.#connect(qmpSocket, deadline, async () => {
+        // Bytes the host sends wait in the socket until the agent opens its port, so connecting now and waiting
+        // for the first health answer is exactly "wait until the agent is ready".
+        vm.#agent = await AgentClient.connect(agentSocket, { timeoutMs: Math.max(1, deadline - Date.now()) });
+      }),
+    );
+    return vm;
+  }
+
+  /**
+   * Restores a VM from a saved device state and RAM file (a template clone, a resume, a fork): QEMU starts with the
+   * identical device layout and `-incoming defer`, loads the device state, the vCPUs continue where they were
+   * stopped, and a new agent session is opened. On any failure nothing is left running.
+   */
+  static async restore(options: RestoreOptions): Promise<Vm> {
+    const vm = await Vm.#launch(
+      { ...options, memory: { kind: "file", path: options.memoryFile, shared: false } },
+      { incoming: true, stateFile: options.deviceStateFile },
+    );
+    const timeoutMs = options.bootTimeoutMs ?? 30_000;
+    const deadline = Date.now() + timeoutMs;
+    await vm.#startOrTearDown(deadline, timeoutMs, (qmpSocket) =>
+      vm.#connect(qmpSocket, deadline, async () => {
+        await loadDeviceState(vm.qmp, INCOMING_STATE_FD, Math.max(1, deadline - Date.now()));
+        await vm.qmp.execute("cont");
+        vm.#agent = await vm.#connectAgentWithRetry(deadline);
+      }),
+    );
+    return vm;
+  }
+
+  static #validate(memoryMiB: number, cpus: number, id: string): void {
     if (!Number.isInteger(memoryMiB) || memoryMiB < MEMORY_LIMITS_MIB.min || memoryMiB > MEMORY_LIMITS_MIB.max) {
       throw new VmConfigError(`memory must be an integer from ${MEMORY_LIMITS_MIB.min} to ${MEMORY_LIMITS_MIB.max} MiB, got ${memoryMiB}`, id);
     }
     if (!Number.isInteger(cpus) || cpus < CPU_LIMITS.min || cpus > CPU_LIMITS.max) {
       throw new VmConfigError(`cpus must be an integer from ${CPU_LIMITS.min} to ${CPU_LIMITS.max}, got ${cpus}`, id);
     }
+  }
+
+  /** Creates the runtime directory and spawns QEMU; the caller connects. */
+  static async #launch(options: VmOptions, mode: { incoming: boolean; stateFile?: string }): Promise<Vm> {
+    const memoryMiB = options.memoryMiB ?? 512;
+    const cpus = options.cpus ?? 1;
+    const id = `vm-${randomBytes(6).toString("hex")}`;
+    Vm.#validate(memoryMiB, cpus, id);
     const runDir = join(dataDir(), "run", id);
     const agentSocket = join(runDir, "agent.sock");
     if (agentSocket.length > MAX_SOCKET_PATH) {
@@ -136,14 +205,16 @@ export class Vm extends EventEmitter {
     }
     const accel = options.accel ?? (await chooseAccelerator(options.image)).accel;
     await mkdir(runDir, { recursive: true });
-    const overlay = join(runDir, "root.qcow2");
-    try {
-      await runTool("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", options.image.rootDiskPath, overlay]);
-    } catch (error) {
-      await rm(runDir, { recursive: true, force: true });
-      throw error;
+    let rootDisk = options.rootDisk;
+    if (rootDisk === undefined) {
+      rootDisk = join(runDir, "root.qcow2");
+      try {
+        await runTool("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", options.image.rootDiskPath, rootDisk]);
+      } catch (error) {
+        await rm(runDir, { recursive: true, force: true });
+        throw error;
+      }
     }
-    const qmpSocket = join(runDir, "qmp.sock");
     const args = qemuArgs({
       accel,
       memoryMiB,
@@ -151,47 +222,68 @@ export class Vm extends EventEmitter {
       kernelPath: options.image.kernelPath,
       initramfsPath: options.image.initramfsPath,
       systemDiskPath: options.image.systemDiskPath,
-      rootDiskPath: overlay,
-      qmpSocket,
+      rootDiskPath: rootDisk,
+      qmpSocket: join(runDir, "qmp.sock"),
       agentSocket,
       consoleLog: join(runDir, "console.log"),
+      memory: options.memory,
+      incoming: mode.incoming,
+      tcgCpuModel: options.tcgCpuModel,
     });
-    const child = spawn(QEMU_BINARY, args, { stdio: ["ignore", "ignore", "pipe"], cwd: runDir });
-    const vm = new Vm(id, runDir, accel, memoryMiB, cpus, options.image, child);
-    trackVm(vm.id, child, runDir);
-    let qemuStderr = "";
-    child.stderr?.on("data", (chunk: Buffer) => (qemuStderr = (qemuStderr + chunk.toString()).slice(-4096)));
-    const timeoutMs = options.bootTimeoutMs ?? 60_000;
-    const deadline = Date.now() + timeoutMs;
+    // The saved device state reaches QEMU as an inherited descriptor: spawn=deny rules out `exec:` migration
+    // URIs, and Node cannot pass descriptors over the QMP socket.
+    let stateFd: number | undefined;
+    let child: ChildProcess;
     try {
-      await vm.#connect(qmpSocket, agentSocket, deadline, () => qemuStderr);
+      if (mode.stateFile !== undefined) stateFd = openSync(mode.stateFile, "r");
+      child = spawn(QEMU_BINARY, args, { stdio: ["ignore", "ignore", "pipe", stateFd ?? "ignore"], cwd: runDir });
     } catch (error) {
-      const kept = await vm.#teardown(true);
-      if (error instanceof VmCrashedError) throw new VmCrashedError(error.message, id, kept);
-      if (Date.now() >= deadline) {
-        throw new VmBootTimeoutError(`VM ${id} did not become ready within ${timeoutMs} ms`, id, kept, { cause: error });
-      }
-      throw new VmCrashedError(`VM ${id} failed to boot: ${(error as Error).message}`, id, kept, { cause: error });
+      await rm(runDir, { recursive: true, force: true });
+      throw error;
+    } finally {
+      if (stateFd !== undefined) closeSync(stateFd);
     }
-    vm.state = "running";
+    const vm = new Vm(id, runDir, accel, memoryMiB, cpus, options.image, child);
+    vm.rootDisk = rootDisk;
+    trackVm(vm.id, child, runDir);
+    child.stderr?.on("data", (chunk: Buffer) => (vm.#qemuStderr = (vm.#qemuStderr + chunk.toString()).slice(-4096)));
     return vm;
   }
 
-  async #connect(qmpSocket: string, agentSocket: string, deadline: number, stderr: () => string): Promise<void> {
+  /** Runs the start-up steps; on failure tears everything down and throws a typed error. */
+  async #startOrTearDown(
+    deadline: number,
+    timeoutMs: number,
+    steps: (qmpSocket: string, agentSocket: string) => Promise<void>,
+  ): Promise<void> {
+    try {
+      await steps(join(this.runDir, "qmp.sock"), join(this.runDir, "agent.sock"));
+    } catch (error) {
+      const kept = await this.#teardown(true);
+      if (error instanceof VmCrashedError) throw new VmCrashedError(error.message, this.id, kept);
+      if (Date.now() >= deadline) {
+        throw new VmBootTimeoutError(`VM ${this.id} did not become ready within ${timeoutMs} ms`, this.id, kept, { cause: error });
+      }
+      throw new VmCrashedError(`VM ${this.id} failed to start: ${(error as Error).message}`, this.id, kept, { cause: error });
+    }
+    this.state = "running";
+  }
+
+  /** Waits for QEMU's QMP socket, connects to it, then runs `then`, failing early if QEMU exits. */
+  async #connect(qmpSocket: string, deadline: number, then: () => Promise<void>): Promise<void> {
     const exited = this.#exit.then(() => {
-      throw new VmCrashedError(`QEMU exited during boot: ${stderr().trim() || "no message"}`, this.id);
+      throw new VmCrashedError(`QEMU exited during start: ${this.#qemuStderr.trim() || "no message"}`, this.id);
     });
     exited.catch(() => {});
     const connectAll = async () => {
       // QEMU creates its listening sockets right after start; before that there is nothing to connect to.
+      const agentSocket = join(this.runDir, "agent.sock");
       while (!(existsSync(qmpSocket) && existsSync(agentSocket))) {
         if (Date.now() > deadline) throw new Error("QEMU did not create its sockets");
         await new Promise((r) => setTimeout(r, 2));
       }
       this.#qmp = await QmpClient.connect(qmpSocket, Math.max(1, deadline - Date.now()));
-      // Bytes the host sends wait in the socket until the agent opens its port, so connecting now and waiting
-      // for the first health answer is exactly "wait until the agent is ready".
-      this.#agent = await AgentClient.connect(agentSocket, { timeoutMs: Math.max(1, deadline - Date.now()) });
+      await then();
     };
     await Promise.race([connectAll(), exited]);
   }
@@ -207,19 +299,46 @@ export class Vm extends EventEmitter {
    */
   async reconnectAgent(timeoutMs = 10_000): Promise<AgentClient> {
     await this.#agent?.close();
-    const deadline = Date.now() + timeoutMs;
+    this.#agent = await this.#connectAgentWithRetry(Date.now() + timeoutMs);
+    return this.#agent;
+  }
+
+  async #connectAgentWithRetry(deadline: number): Promise<AgentClient> {
     const socketPath = join(this.runDir, "agent.sock");
     for (let attempt = 1; ; attempt++) {
-      if (this.state !== "running") throw new VmCrashedError(`VM ${this.id} is ${this.state}`, this.id);
+      if (this.state === "stopped" || this.state === "crashed") throw new VmCrashedError(`VM ${this.id} is ${this.state}`, this.id);
       try {
-        this.#agent = await AgentClient.connect(socketPath, { timeoutMs: Math.max(1, deadline - Date.now()) });
-        return this.#agent;
+        return await AgentClient.connect(socketPath, { timeoutMs: Math.max(1, deadline - Date.now()) });
       } catch (error) {
         const retriable = error instanceof AgentProtocolError || error instanceof AgentDisconnectedError;
         if (!retriable || attempt >= RECONNECT_ATTEMPTS || Date.now() >= deadline) throw error;
         await drainStaleOutput(socketPath, deadline);
       }
     }
+  }
+
+  /** Stops the vCPUs (QMP stop). The guest's clock and processes stand still until {@link continue}. */
+  async stopVcpus(): Promise<void> {
+    await this.qmp.execute("stop");
+  }
+
+  /** Lets stopped vCPUs run again. */
+  async continue(): Promise<void> {
+    await this.qmp.execute("cont");
+  }
+
+  /**
+   * Makes the current root disk layer read-only and continues on `nextLayer` (an existing qcow2 whose backing file is
+   * the current layer). The vCPUs must be stopped, so the frozen layer matches the RAM saved with it.
+   */
+  async switchRootDisk(nextLayer: string): Promise<void> {
+    await this.qmp.execute("blockdev-snapshot-sync", {
+      device: "root",
+      "snapshot-file": nextLayer,
+      format: "qcow2",
+      mode: "existing",
+    });
+    this.rootDisk = nextLayer;
   }
 
   /** Stops the VM (QMP quit, SIGKILL if QEMU does not exit promptly) and removes its runtime directory. */

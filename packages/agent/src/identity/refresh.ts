@@ -1,0 +1,83 @@
+import { randomUUID } from "node:crypto";
+import { open, rename, unlink, writeFile } from "node:fs/promises";
+import type { ServerHttp2Stream } from "node:http2";
+import { basename, dirname, join } from "node:path";
+import type { IdentityResult } from "@codecourier/protocol";
+import { RequestError, readJsonBody, sendJson } from "../http/respond.js";
+import { logProblem } from "../log.js";
+import { runIdentityHelper } from "./helper.js";
+import { validateIdentityRequest } from "./request.js";
+
+export interface IdentityOptions {
+  /** The guest-identity helper. Unset (e.g. an agent run outside a guest): the identity route fails with 500. */
+  helperPath?: string;
+  /** Default /proc/sys/kernel/hostname. */
+  hostnamePath?: string;
+  /** Default /etc/machine-id. */
+  machineIdPath?: string;
+}
+
+/** An identity request is a few hundred bytes of JSON. */
+const maxRequestBytes = 4_096;
+/** Errors that mean "this root filesystem has no writable /etc": the machine id is skipped, not a failure. */
+const unwritableRootCodes = new Set(["EROFS", "ENOENT", "ENOTDIR"]);
+
+/**
+ * POST /v1/identity, for a guest restored from a memory snapshot: sets the clock, reseeds the kernel CRNG with
+ * the host's entropy, sets the hostname and writes /etc/machine-id. Requests run one at a time.
+ */
+export class IdentityRefresher {
+  readonly #helperPath: string | undefined;
+  readonly #hostnamePath: string;
+  readonly #machineIdPath: string;
+  #previous: Promise<unknown> = Promise.resolve();
+
+  constructor(options: IdentityOptions = {}) {
+    this.#helperPath = options.helperPath;
+    this.#hostnamePath = options.hostnamePath ?? "/proc/sys/kernel/hostname";
+    this.#machineIdPath = options.machineIdPath ?? "/etc/machine-id";
+  }
+
+  async handle(stream: ServerHttp2Stream): Promise<void> {
+    const request = validateIdentityRequest(await readJsonBody(stream, maxRequestBytes));
+    const run = this.#previous.then(() => this.#apply(request.epochMs, request.entropy, request.hostname, request.machineId));
+    this.#previous = run.catch(() => {});
+    sendJson(stream, 200, await run);
+  }
+
+  async #apply(epochMs: number, entropy: Buffer, hostname: string, machineId: string): Promise<IdentityResult> {
+    const helperPath = this.#helperPath;
+    if (helperPath === undefined) throw new RequestError(500, "internal", "this agent has no identity helper");
+    // Randomness first: it is what clones must not share, and the clock and names are worthless without it.
+    await runIdentityHelper(helperPath, epochMs, entropy);
+    await writeFile(this.#hostnamePath, hostname);
+    const machineIdWritten = await this.#writeMachineId(machineId);
+    return { clockSetTo: epochMs, reseeded: true, hostname, machineId, machineIdWritten };
+  }
+
+  /** Replaces the machine id atomically (temp file, fsync, rename); false if the root has no writable /etc. */
+  async #writeMachineId(machineId: string): Promise<boolean> {
+    const path = this.#machineIdPath;
+    const tempPath = join(dirname(path), `.${basename(path)}.cc-${randomUUID()}`);
+    try {
+      const handle = await open(tempPath, "wx", 0o444);
+      try {
+        await handle.writeFile(`${machineId}\n`);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await rename(tempPath, path);
+      return true;
+    } catch (error) {
+      await unlink(tempPath).catch(() => {});
+      const code = (error as NodeJS.ErrnoException).code ?? "";
+      if (!unwritableRootCodes.has(code)) {
+        const message = error instanceof Error ? error.message : String(error);
+        throw new RequestError(500, "internal", `clock, entropy and hostname were applied, but writing ${path} failed: ${message}`);
+      }
+      logProblem(`identity: ${path} not written`, error);
+      return false;
+    }
+  }
+}
