@@ -1,17 +1,17 @@
-import type { ChildProcess } from "node:child_process";
+import type { QemuProcess } from "./qemu-process.js";
 import { rmSync } from "node:fs";
 
 /**
  * QEMU processes of this host process. When the host exits (normally or on SIGINT/SIGTERM) they are killed
  * synchronously, so a crashed or interrupted engine leaves no VM running.
  */
-const live = new Map<string, { child: ChildProcess; runDir: string }>();
+const live = new Map<string, { child: QemuProcess; runDir: string }>();
 let installed = false;
 
 function killAll(): void {
   for (const { child, runDir } of live.values()) {
     try {
-      child.kill("SIGKILL");
+      child.kill();
     } catch {
       // Already gone.
     }
@@ -33,7 +33,7 @@ function install(): void {
   }
 }
 
-export function trackVm(id: string, child: ChildProcess, runDir: string): void {
+export function trackVm(id: string, child: QemuProcess, runDir: string): void {
   install();
   live.set(id, { child, runDir });
 }

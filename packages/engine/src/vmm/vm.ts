@@ -15,6 +15,7 @@ import { VmBootTimeoutError, VmConfigError, VmCrashedError } from "./errors.js";
 import { CPU_LIMITS, MEMORY_LIMITS_MIB, QEMU_BINARY, qemuArgs, type Accelerator, type GuestMemory } from "./machine.js";
 import { loadDeviceState } from "./migration.js";
 import { QmpClient } from "./qmp.js";
+import { adoptedProcess, spawnedProcess, type QemuProcess } from "./qemu-process.js";
 import { trackVm, untrackVm } from "./reaper.js";
 
 export interface VmOptions {
@@ -122,11 +123,11 @@ export class Vm extends EventEmitter {
     readonly memoryMiB: number,
     readonly cpus: number,
     readonly image: GuestImage,
-    private readonly process: ChildProcess,
+    private readonly process: QemuProcess,
   ) {
     super();
-    this.#exit = new Promise((resolve) => process.once("exit", () => resolve()));
-    process.once("exit", (code, signal) => void this.#onExit(code, signal));
+    this.#exit = process.exited.then(() => undefined);
+    void process.exited.then(({ code, signal }) => this.#onExit(code, signal));
   }
 
   get pid(): number | undefined {
@@ -177,6 +178,48 @@ export class Vm extends EventEmitter {
       vm.#connect(qmpSocket, deadline, async () => {
         await loadDeviceState(vm.qmp, INCOMING_STATE_FD, Math.max(1, deadline - Date.now()));
         await vm.qmp.execute("cont");
+        vm.#agent = await vm.#connectAgentWithRetry(deadline);
+      }),
+    );
+    return vm;
+  }
+
+  /**
+   * A QEMU that only receives a migrated VM into a shared memory file and is never run: the way a clone's private
+   * RAM becomes a snapshot's memory file. Its root disk is a throwaway overlay; the real one is frozen by the source.
+   */
+  static async startReceiver(options: Omit<VmOptions, "memory" | "rootDisk"> & { memoryFile: string }): Promise<Vm> {
+    const vm = await Vm.#launch({ ...options, memory: { kind: "file", path: options.memoryFile, shared: true } }, { incoming: true });
+    const timeoutMs = options.bootTimeoutMs ?? 30_000;
+    const deadline = Date.now() + timeoutMs;
+    await vm.#startOrTearDown(deadline, timeoutMs, (qmpSocket) => vm.#connect(qmpSocket, deadline, async () => {}));
+    return vm;
+  }
+
+  /**
+   * Re-attaches to a VM a previous engine process started (after a crash or restart of the engine): QMP and a new
+   * agent session. Throws (and kills the process) when the VM does not answer.
+   */
+  static async adopt(options: {
+    id: string;
+    runDir: string;
+    pid: number;
+    image: GuestImage;
+    accel: Accelerator;
+    memoryMiB: number;
+    cpus: number;
+    rootDisk: string;
+    timeoutMs?: number;
+  }): Promise<Vm> {
+    const vm = new Vm(options.id, options.runDir, options.accel, options.memoryMiB, options.cpus, options.image, adoptedProcess(options.pid, options.runDir));
+    vm.rootDisk = options.rootDisk;
+    trackVm(vm.id, vm.process, options.runDir);
+    const timeoutMs = options.timeoutMs ?? 10_000;
+    const deadline = Date.now() + timeoutMs;
+    await vm.#startOrTearDown(deadline, timeoutMs, (qmpSocket) =>
+      vm.#connect(qmpSocket, deadline, async () => {
+        const status = await vm.qmp.execute<{ status: string }>("query-status");
+        if (status.status !== "running") await vm.qmp.execute("cont");
         vm.#agent = await vm.#connectAgentWithRetry(deadline);
       }),
     );
@@ -243,9 +286,9 @@ export class Vm extends EventEmitter {
     } finally {
       if (stateFd !== undefined) closeSync(stateFd);
     }
-    const vm = new Vm(id, runDir, accel, memoryMiB, cpus, options.image, child);
+    const vm = new Vm(id, runDir, accel, memoryMiB, cpus, options.image, spawnedProcess(child));
     vm.rootDisk = rootDisk;
-    trackVm(vm.id, child, runDir);
+    trackVm(vm.id, vm.process, runDir);
     child.stderr?.on("data", (chunk: Buffer) => (vm.#qemuStderr = (vm.#qemuStderr + chunk.toString()).slice(-4096)));
     return vm;
   }
@@ -352,7 +395,7 @@ export class Vm extends EventEmitter {
       // QEMU may close the monitor before answering; the exit below is what counts.
     }
     const exited = await Promise.race([this.#exit.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 3000))]);
-    if (!exited) this.process.kill("SIGKILL");
+    if (!exited) this.process.kill();
     await this.#teardown(false);
   }
 
@@ -376,7 +419,7 @@ export class Vm extends EventEmitter {
     this.state = failed ? "crashed" : "stopped";
     if (wasStopped) return undefined;
     this.#stopping = true;
-    if (this.process.exitCode === null && this.process.signalCode === null) this.process.kill("SIGKILL");
+    if (this.process.isAlive()) this.process.kill();
     await this.#exit;
     untrackVm(this.id);
     await this.#agent?.close().catch(() => {});

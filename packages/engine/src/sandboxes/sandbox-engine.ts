@@ -1,0 +1,691 @@
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdir, readdir, rm } from "node:fs/promises";
+import { basename, join } from "node:path";
+import type { AgentClient } from "../agent-client/index.js";
+import { dataDir } from "../config.js";
+import type { GuestImage } from "../images/guest-image.js";
+import { SYSTEM_MOUNT } from "../images/guest-scripts.js";
+import { compatDifferences, snapshotCompat, type SnapshotCompat } from "../snapshots/compat.js";
+import { EngineDatabase, LIVE_SANDBOX_STATES, type SandboxRow, type SnapshotKind, type SnapshotRow } from "../state/database.js";
+import { DiskLayers } from "../storage/disk-layers.js";
+import { chooseAccelerator, qemuVersion } from "../vmm/accel.js";
+import type { Accelerator } from "../vmm/machine.js";
+import { saveDeviceState, transferToReceiver } from "../vmm/migration.js";
+import { Vm } from "../vmm/vm.js";
+import {
+  InvalidRequestError,
+  SandboxNotFoundError,
+  SandboxStateError,
+  SnapshotIncompatibleError,
+  SnapshotInUseError,
+  SnapshotNotFoundError,
+} from "./errors.js";
+import { findEngineQemus } from "./host-qemu-scan.js";
+import { KeyedLock, OperationGate } from "./operation-gate.js";
+import { WarmPool } from "./warm-pool.js";
+
+export interface SandboxEngineOptions {
+  image: GuestImage;
+  /** Default: the probed accelerator. */
+  accel?: Accelerator;
+  tcgCpuModel?: string;
+  /** Restored, warmed clones kept ready per template. Default 0. */
+  poolSize?: number;
+  /** A snapshot layer deeper than this is flattened onto the image base. Default 8. */
+  maxChainDepth?: number;
+}
+
+export interface TemplateDefinition {
+  memoryMiB?: number;
+  cpus?: number;
+  /** Shell command started in the background before the template is saved; it keeps running in every clone. */
+  startCommand?: string;
+  /** Shell command retried until it exits 0 before the template is saved (e.g. a server answering). */
+  readyCheck?: string;
+  readyTimeoutMs?: number;
+}
+
+export interface SnapshotInfo {
+  id: string;
+  kind: SnapshotKind;
+  createdAt: number;
+  memoryMiB: number;
+  cpus: number;
+  sourceSandboxId: string | null;
+}
+
+export interface SandboxInfo {
+  id: string;
+  state: SandboxRow["state"];
+  fromSnapshotId: string;
+  memoryMiB: number;
+  cpus: number;
+  createdAt: number;
+}
+
+/** A running sandbox: its VM and agent. */
+export interface RunningSandbox {
+  readonly id: string;
+  readonly vm: Vm;
+  readonly agent: AgentClient;
+}
+
+const DEFAULT_MAX_CHAIN_DEPTH = 8;
+const MAX_FORK = 64;
+const GUEST_BUSYBOX = `${SYSTEM_MOUNT}/bin/busybox`;
+
+function newId(prefix: string): string {
+  return `${prefix}-${randomBytes(6).toString("hex")}`;
+}
+
+function positiveInt(value: number | undefined, fallback: number, name: string, max: number): number {
+  const n = value ?? fallback;
+  if (!Number.isInteger(n) || n < 1 || n > max) throw new InvalidRequestError(`${name} must be an integer from 1 to ${max}, got ${value}`);
+  return n;
+}
+
+/**
+ * Sandboxes as clones of snapshots: templates (a booted, saved guest), snapshots of running sandboxes, pause and
+ * resume, fork, and garbage collection of what nothing uses any more. State lives in SQLite, files under the data
+ * dir (snapshots/, disks/, run/); a restarted engine re-attaches to the sandboxes still running.
+ * See docs/snapshots.md.
+ */
+export class SandboxEngine {
+  readonly #running = new Map<string, Vm>();
+  readonly #locks = new KeyedLock();
+  readonly #gate = new OperationGate();
+  readonly #pool: WarmPool;
+  readonly #layers: DiskLayers;
+  readonly #maxChainDepth: number;
+  #closed = false;
+
+  private constructor(
+    readonly image: GuestImage,
+    readonly accel: Accelerator,
+    private readonly qemu: string,
+    private readonly db: EngineDatabase,
+    private readonly options: SandboxEngineOptions,
+  ) {
+    this.#layers = new DiskLayers(join(dataDir(), "disks"), db);
+    this.#maxChainDepth = options.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
+    this.#pool = new WarmPool(options.poolSize ?? 0, {
+      produce: (snapshotId) => this.#gate.run(() => this.#producePooled(snapshotId)),
+      discard: (sandboxId) => this.#gate.run(() => this.#discardPooled(sandboxId)),
+    });
+  }
+
+  /** Opens the state database, reconciles it with the QEMU processes and files it finds, and collects garbage. */
+  static async open(options: SandboxEngineOptions): Promise<SandboxEngine> {
+    const accel = options.accel ?? (await chooseAccelerator(options.image)).accel;
+    const db = new EngineDatabase(join(dataDir(), "state.db"));
+    const engine = new SandboxEngine(options.image, accel, await qemuVersion(), db, options);
+    await engine.#recover();
+    return engine;
+  }
+
+  // ——— templates and snapshots ———
+
+  /** Boots the image, runs the start command and ready check, and saves the result as a template. */
+  async createTemplate(definition: TemplateDefinition = {}): Promise<SnapshotInfo> {
+    const memoryMiB = positiveInt(definition.memoryMiB, 512, "memoryMiB", 64 * 1024);
+    const cpus = positiveInt(definition.cpus, 1, "cpus", 64);
+    const readyTimeoutMs = positiveInt(definition.readyTimeoutMs, 60_000, "readyTimeoutMs", 3_600_000);
+    return this.#gate.run(async () => {
+      const id = newId("tpl");
+      const dir = this.#snapshotDir(id);
+      await mkdir(dir, { recursive: true });
+      const layer = await this.#layers.createOver({ basePath: this.image.rootDiskPath });
+      this.db.insertSnapshot({
+        id,
+        kind: "template",
+        state: "saving",
+        layer_id: layer.id,
+        memory_mib: memoryMiB,
+        cpus,
+        accel: this.accel,
+        compat: JSON.stringify(this.#compat(memoryMiB, cpus)),
+        source_sandbox_id: null,
+        definition: JSON.stringify(definition),
+        created_at: Date.now(),
+      });
+      let vm: Vm | undefined;
+      try {
+        vm = await Vm.boot({
+          image: this.image,
+          accel: this.accel,
+          memoryMiB,
+          cpus,
+          memory: { kind: "file", path: join(dir, "memory"), shared: true },
+          rootDisk: this.#layers.path(layer.id),
+          tcgCpuModel: this.options.tcgCpuModel,
+        });
+        if (definition.startCommand !== undefined) {
+          const started = vm.agent.exec({ shell: definition.startCommand, background: true, stdin: false });
+          started.stdout.resume();
+          started.stderr.resume();
+          await started.id;
+        }
+        if (definition.readyCheck !== undefined) await waitUntilReady(vm.agent, definition.readyCheck, readyTimeoutMs);
+        await vm.agent.run({ argv: [GUEST_BUSYBOX, "sync"] });
+        // Clones start with no host session: close ours and give the agent a moment to see the hang-up.
+        await vm.agent.close();
+        await new Promise((r) => setTimeout(r, 50));
+        await vm.stopVcpus();
+        await saveDeviceState(vm.qmp, join(dir, "device.state"), join(vm.runDir, "state.sock"), 30_000);
+        await vm.kill();
+        this.db.transaction(() => {
+          this.db.freezeLayer(layer.id);
+          this.db.setSnapshotState(id, "ready");
+        });
+      } catch (error) {
+        await vm?.kill();
+        await this.#forgetSnapshot(id);
+        throw error;
+      }
+      return this.snapshotInfo(id);
+    });
+  }
+
+  /** Saves memory, devices and disk of a running sandbox; the sandbox keeps running. */
+  async snapshot(sandboxId: string): Promise<SnapshotInfo> {
+    return this.#locks.run(sandboxId, () =>
+      this.#gate.run(async () => {
+        const { vm, row } = this.#requireRunning(sandboxId);
+        const snapshotId = await this.#capture(vm, row, "snapshot");
+        return this.snapshotInfo(snapshotId);
+      }),
+    );
+  }
+
+  /** Snapshot, then stop the VM and free its memory. The sandbox id stays; resume() continues it. */
+  async pause(sandboxId: string): Promise<void> {
+    await this.#locks.run(sandboxId, () =>
+      this.#gate.run(async () => {
+        const { vm, row } = this.#requireRunning(sandboxId);
+        const snapshotId = await this.#capture(vm, row, "pause");
+        this.#running.delete(sandboxId);
+        this.db.updateSandbox(sandboxId, { state: "paused", paused_snapshot_id: snapshotId, run_dir: null, pid: null });
+      }),
+    );
+  }
+
+  /** Continues a paused sandbox: same id, same processes, same files. */
+  async resume(sandboxId: string): Promise<RunningSandbox> {
+    return this.#locks.run(sandboxId, () =>
+      this.#gate.run(async () => {
+        const row = this.db.sandbox(sandboxId);
+        if (!row || !LIVE_SANDBOX_STATES.includes(row.state)) throw new SandboxNotFoundError(sandboxId);
+        if (row.state !== "paused" || !row.paused_snapshot_id) throw new SandboxStateError(`sandbox ${sandboxId} is ${row.state}, not paused`);
+        const pauseSnapshot = this.#requireSnapshot(row.paused_snapshot_id, ["pause"]);
+        const vm = await this.#restore(row, pauseSnapshot);
+        this.db.updateSandbox(sandboxId, { state: "running", paused_snapshot_id: null });
+        // The pause snapshot served its purpose: its memory file stays mapped by the VM until it exits (unlinking is
+        // safe), and its disk layer stays as the parent of the sandbox's new layer.
+        await this.#forgetSnapshot(pauseSnapshot.id);
+        return { id: sandboxId, vm, agent: vm.agent };
+      }),
+    );
+  }
+
+  /** A new sandbox from a template or snapshot; from the warm pool when it has one ready. */
+  async create(snapshotId: string): Promise<RunningSandbox> {
+    const snapshot = this.#requireSnapshot(snapshotId, ["template", "snapshot"]);
+    this.#checkCompatible(snapshot);
+    const pooled = this.#pool.take(snapshotId);
+    if (pooled !== undefined) {
+      const handed = await this.#gate.run(() => this.#handOut(pooled)).catch(() => undefined);
+      if (handed) return handed;
+    }
+    return this.#gate.run(() => this.#createFresh(snapshot, "running"));
+  }
+
+  /** `count` new, independent sandboxes from one snapshot. */
+  async fork(snapshotId: string, count: number): Promise<RunningSandbox[]> {
+    const n = positiveInt(count, 1, "count", MAX_FORK);
+    this.#requireSnapshot(snapshotId, ["template", "snapshot"]);
+    const created: RunningSandbox[] = [];
+    try {
+      for (let i = 0; i < n; i++) created.push(await this.create(snapshotId));
+    } catch (error) {
+      await Promise.all(created.map((sandbox) => this.kill(sandbox.id).catch(() => {})));
+      throw error;
+    }
+    return created;
+  }
+
+  /** Stops a sandbox (running or paused) for good and frees what only it used. */
+  async kill(sandboxId: string): Promise<void> {
+    await this.#locks.run(sandboxId, () =>
+      this.#gate.run(async () => {
+        const row = this.db.sandbox(sandboxId);
+        if (!row || !LIVE_SANDBOX_STATES.includes(row.state)) throw new SandboxNotFoundError(sandboxId);
+        const vm = this.#running.get(sandboxId);
+        this.#running.delete(sandboxId);
+        await vm?.kill();
+        this.db.updateSandbox(sandboxId, { state: "stopped", run_dir: null, pid: null });
+        if (row.paused_snapshot_id) await this.#forgetSnapshot(row.paused_snapshot_id);
+      }),
+    );
+  }
+
+  /** Deletes a template or snapshot; refused while a sandbox or another snapshot still builds on it. */
+  async deleteSnapshot(snapshotId: string): Promise<void> {
+    const snapshot = this.#requireSnapshot(snapshotId, ["template", "snapshot"]);
+    await this.#pool.drain(snapshotId);
+    await this.#gate.exclusive(async () => {
+      const users = this.#usersOfLayer(snapshot.layer_id, snapshotId);
+      if (users.length > 0) throw new SnapshotInUseError(snapshotId, users);
+      await this.#forgetSnapshot(snapshotId);
+    });
+  }
+
+  /**
+   * Frees every disk layer, snapshot directory and runtime directory that no live sandbox or snapshot can reach.
+   * Returns the removed paths.
+   */
+  async collectGarbage(): Promise<string[]> {
+    return this.#gate.exclusive(() => this.#collectGarbage());
+  }
+
+  /** Keeps `poolSize` warm clones of this template (refilled in the background). */
+  warmPool(snapshotId: string): void {
+    this.#requireSnapshot(snapshotId, ["template", "snapshot"]);
+    this.#pool.ensure(snapshotId);
+  }
+
+  /** Resolves when every pool has its target number of clones (for benchmarks and tests). */
+  poolFilled(snapshotId: string): Promise<void> {
+    return this.#pool.filled(snapshotId);
+  }
+
+  // ——— queries ———
+
+  sandbox(id: string): RunningSandbox {
+    const vm = this.#running.get(id);
+    if (!vm) {
+      const row = this.db.sandbox(id);
+      if (row && row.state === "paused") throw new SandboxStateError(`sandbox ${id} is paused; resume it first`);
+      throw new SandboxNotFoundError(id);
+    }
+    return { id, vm, agent: vm.agent };
+  }
+
+  sandboxInfo(id: string): SandboxInfo {
+    const row = this.db.sandbox(id);
+    if (!row || row.state === "pooled") throw new SandboxNotFoundError(id);
+    return { id, state: row.state, fromSnapshotId: row.from_snapshot_id, memoryMiB: row.memory_mib, cpus: row.cpus, createdAt: row.created_at };
+  }
+
+  listSandboxes(): SandboxInfo[] {
+    return this.db.sandboxes(["creating", "running", "paused"]).map((row) => this.sandboxInfo(row.id));
+  }
+
+  snapshotInfo(id: string): SnapshotInfo {
+    const row = this.db.snapshot(id);
+    if (!row || row.state !== "ready") throw new SnapshotNotFoundError(id);
+    return { id, kind: row.kind, createdAt: row.created_at, memoryMiB: row.memory_mib, cpus: row.cpus, sourceSandboxId: row.source_sandbox_id };
+  }
+
+  listSnapshots(): SnapshotInfo[] {
+    return this.db.snapshots(["ready"]).filter((row) => row.kind !== "pause").map((row) => this.snapshotInfo(row.id));
+  }
+
+  /** Files of a snapshot (for diagnostics, tests and the benchmark). */
+  snapshotFiles(id: string): { dir: string; memory: string; deviceState: string; disk: string } {
+    const row = this.db.snapshot(id);
+    if (!row) throw new SnapshotNotFoundError(id);
+    const dir = this.#snapshotDir(id);
+    return { dir, memory: join(dir, "memory"), deviceState: join(dir, "device.state"), disk: this.#layers.path(row.layer_id) };
+  }
+
+  /** Drains the pools and stops every running sandbox (marked stopped); paused sandboxes stay paused. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#pool.close();
+    for (const [id, vm] of this.#running) {
+      await vm.kill();
+      this.db.updateSandbox(id, { state: "stopped", run_dir: null, pid: null });
+    }
+    this.#running.clear();
+    this.db.close();
+  }
+
+  // ——— internals ———
+
+  #snapshotDir(id: string): string {
+    return join(dataDir(), "snapshots", id);
+  }
+
+  #compat(memoryMiB: number, cpus: number): SnapshotCompat {
+    return snapshotCompat({ image: this.image, qemuVersion: this.qemu, accel: this.accel, memoryMiB, cpus, tcgCpuModel: this.options.tcgCpuModel });
+  }
+
+  #checkCompatible(snapshot: SnapshotRow): void {
+    const saved = JSON.parse(snapshot.compat) as SnapshotCompat;
+    const current = this.#compat(snapshot.memory_mib, snapshot.cpus);
+    const differences = compatDifferences(saved, current);
+    if (snapshot.accel !== this.accel) differences.push("accel" as keyof SnapshotCompat);
+    if (differences.length > 0) {
+      throw new SnapshotIncompatibleError(
+        snapshot.id,
+        differences.map((field) =>
+          (field as string) === "accel"
+            ? { field: "accelerator", saved: snapshot.accel, current: this.accel }
+            : { field, saved: String(saved[field]), current: String(current[field]) },
+        ),
+      );
+    }
+  }
+
+  #requireSnapshot(id: string, kinds: SnapshotKind[]): SnapshotRow {
+    const row = this.db.snapshot(id);
+    if (!row || row.state !== "ready" || !kinds.includes(row.kind)) throw new SnapshotNotFoundError(id);
+    return row;
+  }
+
+  #requireRunning(id: string): { vm: Vm; row: SandboxRow } {
+    const row = this.db.sandbox(id);
+    if (!row || !LIVE_SANDBOX_STATES.includes(row.state) || row.state === "pooled") throw new SandboxNotFoundError(id);
+    const vm = this.#running.get(id);
+    if (row.state !== "running" || !vm) throw new SandboxStateError(`sandbox ${id} is ${row.state}, not running`);
+    return { vm, row };
+  }
+
+  /** Restores `snapshot` into a new VM for the sandbox `row` (on a new writable layer) and refreshes its identity. */
+  async #restore(row: SandboxRow, snapshot: SnapshotRow): Promise<Vm> {
+    this.#checkCompatible(snapshot);
+    const layer = await this.#layers.createOver({ layerId: snapshot.layer_id });
+    this.db.updateSandbox(row.id, { layer_id: layer.id });
+    const files = this.snapshotFiles(snapshot.id);
+    const vm = await Vm.restore({
+      image: this.image,
+      accel: this.accel,
+      memoryMiB: snapshot.memory_mib,
+      cpus: snapshot.cpus,
+      memoryFile: files.memory,
+      deviceStateFile: files.deviceState,
+      rootDisk: this.#layers.path(layer.id),
+      tcgCpuModel: this.options.tcgCpuModel,
+    });
+    try {
+      this.db.updateSandbox(row.id, { run_dir: vm.runDir, pid: vm.pid ?? null });
+      await this.#refreshIdentity(vm, row);
+    } catch (error) {
+      await vm.kill();
+      throw error;
+    }
+    this.#track(row.id, vm);
+    return vm;
+  }
+
+  async #refreshIdentity(vm: Vm, row: SandboxRow): Promise<void> {
+    await vm.agent.refreshIdentity({
+      epochMs: Date.now(),
+      entropy: randomBytes(64).toString("base64"),
+      hostname: row.id,
+      machineId: row.machine_id,
+    });
+  }
+
+  #track(id: string, vm: Vm): void {
+    this.#running.set(id, vm);
+    vm.once("crashed", () => {
+      if (this.#running.get(id) !== vm) return;
+      this.#running.delete(id);
+      if (!this.#closed) this.db.updateSandbox(id, { state: "lost", run_dir: null, pid: null });
+    });
+  }
+
+  async #createFresh(snapshot: SnapshotRow, state: "running" | "pooled"): Promise<RunningSandbox> {
+    if (this.#closed) throw new SandboxStateError("the engine is shutting down");
+    const row: SandboxRow = {
+      id: newId("sbx"),
+      state: "creating",
+      from_snapshot_id: snapshot.id,
+      layer_id: null,
+      paused_snapshot_id: null,
+      machine_id: randomBytes(16).toString("hex"),
+      memory_mib: snapshot.memory_mib,
+      cpus: snapshot.cpus,
+      run_dir: null,
+      pid: null,
+      created_at: Date.now(),
+      updated_at: Date.now(),
+    };
+    this.db.insertSandbox(row);
+    try {
+      const vm = await this.#restore(row, snapshot);
+      this.db.updateSandbox(row.id, { state });
+      return { id: row.id, vm, agent: vm.agent };
+    } catch (error) {
+      this.db.updateSandbox(row.id, { state: "lost", run_dir: null, pid: null });
+      throw error;
+    }
+  }
+
+  /** A pool clone: restored, its first commands run (TCG has translated the hot paths), then its vCPUs stopped. */
+  async #producePooled(snapshotId: string): Promise<string> {
+    const snapshot = this.#requireSnapshot(snapshotId, ["template", "snapshot"]);
+    const sandbox = await this.#createFresh(snapshot, "pooled");
+    try {
+      for (let i = 0; i < 3; i++) await sandbox.agent.run({ argv: ["/bin/true"] });
+      await sandbox.agent.run({ shell: "true" });
+      await sandbox.vm.stopVcpus();
+    } catch (error) {
+      await this.#discardPooled(sandbox.id);
+      throw error;
+    }
+    return sandbox.id;
+  }
+
+  async #discardPooled(sandboxId: string): Promise<void> {
+    const vm = this.#running.get(sandboxId);
+    this.#running.delete(sandboxId);
+    await vm?.kill();
+    this.db.updateSandbox(sandboxId, { state: "stopped", run_dir: null, pid: null });
+  }
+
+  async #handOut(sandboxId: string): Promise<RunningSandbox | undefined> {
+    const vm = this.#running.get(sandboxId);
+    const row = this.db.sandbox(sandboxId);
+    if (!vm || !row || row.state !== "pooled") return undefined;
+    try {
+      await vm.continue();
+      await this.#refreshIdentity(vm, row);
+    } catch {
+      await this.#discardPooled(sandboxId);
+      return undefined;
+    }
+    this.db.updateSandbox(sandboxId, { state: "running" });
+    return { id: sandboxId, vm, agent: vm.agent };
+  }
+
+  /**
+   * Saves a running sandbox as a snapshot: its guest filesystems synced, vCPUs stopped, its disk layer frozen (the
+   * sandbox goes on with a new layer over it), its private RAM copied into a receiving QEMU whose RAM is the
+   * snapshot's memory file, and that receiver's device state saved. For a pause the sandbox's QEMU then exits;
+   * otherwise it continues.
+   */
+  async #capture(vm: Vm, row: SandboxRow, kind: "snapshot" | "pause"): Promise<string> {
+    if (!row.layer_id) throw new SandboxStateError(`sandbox ${row.id} has no disk layer`);
+    const snapshotId = newId(kind === "pause" ? "pause" : "snap");
+    const dir = this.#snapshotDir(snapshotId);
+    await mkdir(dir, { recursive: true });
+    const frozenLayerId = row.layer_id;
+    this.db.insertSnapshot({
+      id: snapshotId,
+      kind,
+      state: "saving",
+      layer_id: frozenLayerId,
+      memory_mib: row.memory_mib,
+      cpus: row.cpus,
+      accel: this.accel,
+      compat: JSON.stringify(this.#compat(row.memory_mib, row.cpus)),
+      source_sandbox_id: row.id,
+      definition: null,
+      created_at: Date.now(),
+    });
+    // The receiving QEMU starts while the guest syncs.
+    const receiving = Vm.startReceiver({
+      image: this.image,
+      accel: this.accel,
+      memoryMiB: row.memory_mib,
+      cpus: row.cpus,
+      memoryFile: join(dir, "memory"),
+      tcgCpuModel: this.options.tcgCpuModel,
+    });
+    receiving.catch(() => {});
+    let receiver: Vm | undefined;
+    let stopped = false;
+    try {
+      await vm.agent.run({ argv: [GUEST_BUSYBOX, "sync"] });
+      await vm.stopVcpus();
+      stopped = true;
+      if (kind === "snapshot") {
+        const next = await this.#layers.createOver({ layerId: frozenLayerId });
+        await vm.switchRootDisk(this.#layers.path(next.id));
+        this.db.updateSandbox(row.id, { layer_id: next.id });
+      }
+      this.db.freezeLayer(frozenLayerId);
+      receiver = await receiving;
+      await transferToReceiver(vm.qmp, receiver.qmp, join(receiver.runDir, "ram.sock"), 300_000);
+      if (kind === "snapshot") {
+        await vm.continue();
+        stopped = false;
+      } else {
+        await vm.kill();
+      }
+      await receiver.stopVcpus().catch(() => {}); // already stopped after an incoming migration of a stopped VM
+      await saveDeviceState(receiver.qmp, join(dir, "device.state"), join(receiver.runDir, "state.sock"), 30_000);
+      this.db.setSnapshotState(snapshotId, "ready");
+    } catch (error) {
+      if (stopped && kind === "snapshot") await vm.continue().catch(() => {});
+      await this.#forgetSnapshot(snapshotId);
+      throw error;
+    } finally {
+      await (receiver ?? (await receiving.catch(() => undefined)))?.kill();
+    }
+    const layer = this.db.layer(frozenLayerId);
+    if (layer && layer.depth > this.#maxChainDepth) await this.#layers.flatten(frozenLayerId);
+    return snapshotId;
+  }
+
+  /** Removes a snapshot's record and its memory and device files (its disk layer is collected when unreachable). */
+  async #forgetSnapshot(id: string): Promise<void> {
+    this.db.setSnapshotState(id, "deleted");
+    await rm(this.#snapshotDir(id), { recursive: true, force: true });
+  }
+
+  /** Live sandboxes and ready snapshots (other than `except`) whose disk chain includes `layerId`. */
+  #usersOfLayer(layerId: string, except: string): string[] {
+    const users: string[] = [];
+    for (const sandbox of this.db.sandboxes(LIVE_SANDBOX_STATES)) {
+      const top = sandbox.paused_snapshot_id ? this.db.snapshot(sandbox.paused_snapshot_id)?.layer_id : sandbox.layer_id;
+      if (top && this.#layers.chain(top).includes(layerId)) users.push(`sandbox ${sandbox.id}`);
+    }
+    for (const snapshot of this.db.snapshots(["ready", "saving"])) {
+      if (snapshot.id !== except && this.#layers.chain(snapshot.layer_id).includes(layerId)) users.push(`snapshot ${snapshot.id}`);
+    }
+    return users;
+  }
+
+  async #collectGarbage(): Promise<string[]> {
+    const removed: string[] = [];
+    const reachable = new Set<string>();
+    const live = this.db.sandboxes(LIVE_SANDBOX_STATES);
+    const snapshots = this.db.snapshots(["ready", "saving"]);
+    for (const top of [...live.map((s) => s.layer_id), ...snapshots.map((s) => s.layer_id)]) {
+      if (top) for (const id of this.#layers.chain(top)) reachable.add(id);
+    }
+    for (const layer of this.db.layers()) {
+      if (reachable.has(layer.id)) continue;
+      await this.#layers.remove(layer.id);
+      removed.push(this.#layers.path(layer.id));
+    }
+    const known = new Set(this.db.layers().map((layer) => `${layer.id}.qcow2`));
+    for (const name of await readdir(this.#layers.dir).catch(() => [] as string[])) {
+      if (known.has(name)) continue;
+      await rm(join(this.#layers.dir, name), { force: true });
+      removed.push(join(this.#layers.dir, name));
+    }
+    for (const row of this.db.snapshots(["deleted"])) this.db.deleteSnapshotRow(row.id);
+    const snapshotIds = new Set(snapshots.map((s) => s.id));
+    const snapshotsDir = join(dataDir(), "snapshots");
+    for (const name of await readdir(snapshotsDir).catch(() => [] as string[])) {
+      if (snapshotIds.has(name)) continue;
+      await rm(join(snapshotsDir, name), { recursive: true, force: true });
+      removed.push(join(snapshotsDir, name));
+    }
+    const liveRunDirs = new Set([...this.#running.values()].map((vm) => basename(vm.runDir)));
+    const runRoot = join(dataDir(), "run");
+    const runningQemuDirs = new Set(findEngineQemus(runRoot).map((q) => basename(q.runDir)));
+    for (const name of await readdir(runRoot).catch(() => [] as string[])) {
+      // A directory a QEMU still uses belongs to a VM being started or stopped right now (e.g. `vm run`).
+      if (liveRunDirs.has(name) || runningQemuDirs.has(name)) continue;
+      await rm(join(runRoot, name), { recursive: true, force: true });
+      removed.push(join(runRoot, name));
+    }
+    return removed;
+  }
+
+  /** Start-up reconciliation: adopt what still runs, kill what nobody owns, mark the rest lost, collect garbage. */
+  async #recover(): Promise<void> {
+    const runRoot = join(dataDir(), "run");
+    const qemus = findEngineQemus(runRoot);
+    const adopted = new Set<number>();
+    for (const row of this.db.sandboxes(LIVE_SANDBOX_STATES)) {
+      if (row.state === "paused") {
+        const snapshot = row.paused_snapshot_id ? this.db.snapshot(row.paused_snapshot_id) : undefined;
+        if (!snapshot || snapshot.state !== "ready") this.db.updateSandbox(row.id, { state: "lost" });
+        continue;
+      }
+      const process = qemus.find((q) => q.pid === row.pid && q.runDir === row.run_dir);
+      if (row.state === "running" && process && row.layer_id && existsSync(join(process.runDir, "qmp.sock"))) {
+        try {
+          const vm = await Vm.adopt({
+            id: basename(process.runDir),
+            runDir: process.runDir,
+            pid: process.pid,
+            image: this.image,
+            accel: this.accel,
+            memoryMiB: row.memory_mib,
+            cpus: row.cpus,
+            rootDisk: this.#layers.path(row.layer_id),
+          });
+          this.#track(row.id, vm);
+          adopted.add(process.pid);
+          continue;
+        } catch {
+          // Not answering: treated like any other process nobody owns.
+        }
+      }
+      this.db.updateSandbox(row.id, { state: "lost", run_dir: null, pid: null });
+    }
+    for (const qemu of qemus) {
+      if (adopted.has(qemu.pid)) continue;
+      try {
+        process.kill(qemu.pid, "SIGKILL");
+      } catch {
+        // Gone already.
+      }
+    }
+    // A killed process may take a moment to release its files; wait until none of them is alive.
+    for (let i = 0; i < 200 && findEngineQemus(runRoot).some((q) => !adopted.has(q.pid)); i++) await new Promise((r) => setTimeout(r, 10));
+    for (const row of this.db.snapshots(["saving"])) await this.#forgetSnapshot(row.id);
+    await this.#collectGarbage();
+  }
+}
+
+async function waitUntilReady(agent: AgentClient, readyCheck: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const result = await agent.run({ shell: readyCheck, stdin: false, timeoutMs: Math.max(1000, deadline - Date.now()) });
+    if (result.exitCode === 0) return;
+    if (Date.now() > deadline) {
+      throw new InvalidRequestError(`ready check did not succeed within ${timeoutMs} ms (last exit ${result.exitCode}): ${result.stderr.toString().slice(0, 500)}`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}

@@ -1,0 +1,63 @@
+import type { ChildProcess } from "node:child_process";
+import { readFileSync } from "node:fs";
+
+/**
+ * A QEMU process the engine controls: one it spawned, or one a previous engine process spawned and this one
+ * re-attached to after a restart (then it is not our child, so its exit is noticed by polling).
+ */
+export interface QemuProcess {
+  readonly pid: number | undefined;
+  /** Resolves when the process has exited. */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  isAlive(): boolean;
+  kill(): void;
+}
+
+export function spawnedProcess(child: ChildProcess): QemuProcess {
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once("exit", (code, signal) => resolve({ code, signal })),
+  );
+  return {
+    pid: child.pid,
+    exited,
+    isAlive: () => child.exitCode === null && child.signalCode === null,
+    kill: () => {
+      child.kill("SIGKILL");
+    },
+  };
+}
+
+const ADOPTED_POLL_MS = 250;
+
+/** A QEMU process found running at start-up, identified by pid and the runtime directory on its command line. */
+export function adoptedProcess(pid: number, runDir: string): QemuProcess {
+  const isAlive = () => isQemuOf(pid, runDir);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    const timer = setInterval(() => {
+      if (!isAlive()) {
+        clearInterval(timer);
+        resolve({ code: null, signal: null });
+      }
+    }, ADOPTED_POLL_MS);
+    timer.unref();
+  });
+  return {
+    pid,
+    exited,
+    isAlive,
+    kill: () => {
+      // Re-checked right before the signal: the pid may have been reused by an unrelated process.
+      if (isAlive()) process.kill(pid, "SIGKILL");
+    },
+  };
+}
+
+/** Whether `pid` is a live QEMU whose command line names `runDir` (guards against pid reuse). */
+export function isQemuOf(pid: number, runDir: string): boolean {
+  try {
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+    return cmdline.includes("qemu-system") && cmdline.includes(`${runDir}/`);
+  } catch {
+    return false;
+  }
+}
