@@ -30,6 +30,10 @@ const DEBIAN_PACKAGES = [
   ["gcc", "gcc"],
   ["libc6-dev", null, () => staticLibcInstalled()],
   ["linux-image-amd64", null, () => kernelInstalled()],
+  // better-sqlite3 (the engine's state) compiles its native addon when no prebuilt binary can be downloaded.
+  ["make", "make"],
+  ["g++", "g++"],
+  ["python3", "python3"],
 ];
 
 function kernelInstalled() {

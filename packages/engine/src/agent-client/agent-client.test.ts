@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from "node:fs/promises";
 import { createServer as createHttp2Server, type Http2Server, type ServerHttp2Stream } from "node:http2";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
@@ -16,6 +16,8 @@ import {
   AgentError,
   AgentProtocolError,
   AgentTimeoutError,
+  CommandDetachedError,
+  createIdentityRequest,
   type CommandHandle,
 } from "./index.js";
 
@@ -498,6 +500,10 @@ async function withLyingAgent(check: (client: AgentClient) => Promise<void>) {
       return stream.end(Buffer.alloc(1024 * 1024, 0x20));
     }
     if (path.startsWith(AgentPath.list)) return json({ not: "a list" });
+    if (path === AgentPath.commands) return json([{ id: "../../etc", running: true, startedAtMs: 1 }]);
+    if (path === AgentPath.identity) {
+      return json({ clockSetTo: 1, reseeded: true, hostname: "someone-else", machineId: "f".repeat(32), machineIdWritten: true });
+    }
     switch (spec.shell) {
       case "bad-kind":
         return exec(Buffer.from([9, 0, 0, 0, 0]));
@@ -557,6 +563,8 @@ describe("lying agent", () => {
       await assert.rejects(client.stat("/x"), AgentProtocolError);
       await assert.rejects(client.list("/x"), AgentProtocolError);
       assert.equal((await client.health()).ok, true);
+      await assert.rejects(client.listCommands(), AgentProtocolError);
+      await assert.rejects(client.refreshIdentity(createIdentityRequest({ hostname: "me" })), AgentProtocolError);
       // Last: Node's HTTP/2 server, acting as the guest here, gives up the whole session after this one.
       await assert.rejects(client.list("/huge-header"), AgentProtocolError);
     }));
@@ -654,4 +662,135 @@ it("writeFile and exec survive a quick sequence of writes (smoke)", async () => 
     await client.close();
     await harness.stop();
   }
+});
+
+async function readAll(stream: Readable): Promise<string> {
+  let text = "";
+  for await (const chunk of stream) text += String(chunk);
+  return text;
+}
+
+describe("background commands across reconnects", () => {
+  it("keeps running after the client closes; a new client lists it, re-attaches and gets its exit", async () => {
+    const harness = await startAgent();
+    const go = join(harness.dir, "go");
+    try {
+      const first = await AgentClient.connect(harness.socketPath);
+      const started = first.exec({
+        shell: `echo started; while [ ! -e ${go} ]; do sleep 0.02; done; echo after-attach; exit 5`,
+        background: true,
+      });
+      const id = await started.id;
+      assert.equal(await firstLine(started), "started");
+      await first.close();
+      await assert.rejects(started.wait(), AgentDisconnectedError);
+      await sleep(50);
+      assert.equal(harness.agent.commands.size, 1, "the background command was not killed");
+
+      const second = await AgentClient.connect(harness.socketPath);
+      const [listed] = await second.listCommands();
+      assert.equal(listed?.id, id);
+      assert.equal(listed?.running, true);
+      assert.equal(listed?.exit, undefined);
+
+      const attached = second.attach(id);
+      assert.equal(await attached.id, id);
+      const stdout = readAll(attached.stdout);
+      const stderr = readAll(attached.stderr);
+      await writeFile(go, "");
+      assert.deepEqual(await attached.wait(), { exitCode: 5, signal: null, timedOut: false });
+      assert.equal(await stdout, "after-attach\n");
+      assert.equal(await stderr, "");
+
+      assert.deepEqual(await second.listCommands(), [
+        { id, running: false, exit: { exitCode: 5, signal: null, timedOut: false }, startedAtMs: listed?.startedAtMs },
+      ]);
+      const late = await second.run({ argv: ["true"] }); // unrelated foreground commands are not listed
+      assert.equal(late.exitCode, 0);
+      assert.equal((await second.listCommands()).length, 1);
+
+      const again = second.attach(id);
+      assert.deepEqual(await again.wait(), { exitCode: 5, signal: null, timedOut: false }, "an exited command answers at once");
+      assert.equal(await readAll(again.stdout), "");
+      await second.close();
+    } finally {
+      await harness.stop();
+    }
+  });
+
+  it("detaches the previous handle when another attaches, and kills through the new one", async () => {
+    const harness = await startAgent();
+    const client = await AgentClient.connect(harness.socketPath);
+    try {
+      const command = client.exec({ shell: "while :; do echo tick; sleep 0.02; done", background: true });
+      const id = await command.id;
+      await firstLine(command);
+      const attached = client.attach(id);
+      await assert.rejects(command.wait(), CommandDetachedError);
+      assert.equal(await firstLine(attached), "tick");
+      await attached.kill("SIGTERM");
+      const exit = await attached.wait();
+      assert.equal(exit.signal, "SIGTERM");
+    } finally {
+      await client.close();
+      await harness.stop();
+    }
+  });
+
+  it("fails attach to an unknown id with AgentError not_found", async () => {
+    const harness = await startAgent();
+    const client = await AgentClient.connect(harness.socketPath);
+    try {
+      const missing = client.attach("0b8a4a40-5a34-4c1b-9d9a-1b2c3d4e5f60");
+      await assert.rejects(missing.wait(), { name: "AgentError", code: "not_found", status: 404 });
+      await assert.rejects(missing.id, AgentError);
+    } finally {
+      await client.close();
+      await harness.stop();
+    }
+  });
+});
+
+describe("refreshIdentity", () => {
+  it("applies a fresh identity through the agent's helper and rejects malformed ones", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "cc-identity-client-"));
+    // Stands in for guest-identity (which sets the real clock, so it only runs in a guest): records its input.
+    const helperPath = join(dir, "fake-guest-identity");
+    await writeFile(helperPath, `#!/bin/sh\necho "$@" > ${dir}/args\ncat > ${dir}/entropy\n`);
+    await chmod(helperPath, 0o755);
+    const identity = { helperPath, hostnamePath: join(dir, "hostname"), machineIdPath: join(dir, "machine-id") };
+    const harness = await startAgent(createAgent({ identity }));
+    const client = await AgentClient.connect(harness.socketPath);
+    try {
+      const request = createIdentityRequest({ hostname: "clone-1" });
+      assert.match(request.machineId, /^[0-9a-f]{32}$/);
+      assert.equal(Buffer.from(request.entropy, "base64").length, 64);
+      const result = await client.refreshIdentity(request);
+      assert.deepEqual(result, {
+        clockSetTo: request.epochMs,
+        reseeded: true,
+        hostname: "clone-1",
+        machineId: request.machineId,
+        machineIdWritten: true,
+      });
+      assert.equal(await readFile(join(dir, "args"), "utf8"), `${request.epochMs}\n`);
+      assert.ok((await readFile(join(dir, "entropy"))).equals(Buffer.from(request.entropy, "base64")));
+      assert.equal(await readFile(identity.hostnamePath, "utf8"), "clone-1");
+      assert.equal(await readFile(identity.machineIdPath, "utf8"), `${request.machineId}\n`);
+
+      const malformed = [
+        { ...request, hostname: "under_score" },
+        { ...request, entropy: randomBytes(31).toString("base64") },
+        { ...request, machineId: "not-a-machine-id" },
+      ];
+      for (const bad of malformed) {
+        await assert.rejects(client.refreshIdentity(bad), { name: "AgentError", code: "bad_request", status: 400 });
+      }
+      assert.equal(await readFile(identity.hostnamePath, "utf8"), "clone-1", "rejected requests changed nothing");
+    } finally {
+      await client.close();
+      await harness.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });
