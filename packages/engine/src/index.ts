@@ -6,3 +6,15 @@ export { VmError, VmBootTimeoutError, VmCrashedError, VmConfigError } from "./vm
 export type { Accelerator } from "./vmm/machine.js";
 export { QmpClient, QmpError } from "./vmm/qmp.js";
 export * from "./agent-client/index.js";
+export {
+  SandboxEngine,
+  type SandboxEngineOptions,
+  type TemplateDefinition,
+  type SnapshotInfo,
+  type SandboxInfo,
+  type RunningSandbox,
+} from "./sandboxes/sandbox-engine.js";
+export * from "./sandboxes/errors.js";
+export { snapshotCompat, type SnapshotCompat } from "./snapshots/compat.js";
+export { saveDeviceState, loadDeviceState, transferToReceiver, waitForMigration, MigrationError } from "./vmm/migration.js";
+export { qemuArgs, QEMU_BINARY, type MachineSpec, type GuestMemory } from "./vmm/machine.js";

@@ -7,6 +7,7 @@ import { dataDir } from "../config.js";
 import type { GuestImage } from "../images/guest-image.js";
 import { SYSTEM_MOUNT } from "../images/guest-scripts.js";
 import { compatDifferences, snapshotCompat, type SnapshotCompat } from "../snapshots/compat.js";
+import { DataDirLock } from "../state/data-dir-lock.js";
 import { EngineDatabase, LIVE_SANDBOX_STATES, type SandboxRow, type SnapshotKind, type SnapshotRow } from "../state/database.js";
 import { DiskLayers } from "../storage/disk-layers.js";
 import { chooseAccelerator, qemuVersion } from "../vmm/accel.js";
@@ -105,6 +106,7 @@ export class SandboxEngine {
     readonly accel: Accelerator,
     private readonly qemu: string,
     private readonly db: EngineDatabase,
+    private readonly lock: DataDirLock,
     private readonly options: SandboxEngineOptions,
   ) {
     this.#layers = new DiskLayers(join(dataDir(), "disks"), db);
@@ -118,10 +120,20 @@ export class SandboxEngine {
   /** Opens the state database, reconciles it with the QEMU processes and files it finds, and collects garbage. */
   static async open(options: SandboxEngineOptions): Promise<SandboxEngine> {
     const accel = options.accel ?? (await chooseAccelerator(options.image)).accel;
-    const db = new EngineDatabase(join(dataDir(), "state.db"));
-    const engine = new SandboxEngine(options.image, accel, await qemuVersion(), db, options);
-    await engine.#recover();
-    return engine;
+    const version = await qemuVersion();
+    await mkdir(dataDir(), { recursive: true });
+    const lock = DataDirLock.acquire(join(dataDir(), "engine.lock"));
+    let db: EngineDatabase | undefined;
+    try {
+      db = new EngineDatabase(join(dataDir(), "state.db"));
+      const engine = new SandboxEngine(options.image, accel, version, db, lock, options);
+      await engine.#recover();
+      return engine;
+    } catch (error) {
+      db?.close();
+      lock.release();
+      throw error;
+    }
   }
 
   // ——— templates and snapshots ———
@@ -350,6 +362,7 @@ export class SandboxEngine {
     }
     this.#running.clear();
     this.db.close();
+    this.lock.release();
   }
 
   // ——— internals ———
