@@ -713,9 +713,10 @@ describe("identity refresh", () => {
     dir = await mkdtemp(join(tmpdir(), "cc-identity-"));
     helperArgs = join(dir, "helper-args");
     helperInput = join(dir, "helper-input");
-    // Stands in for guest-identity, which sets the real clock and needs a guest: records its arguments and stdin.
+    // Stands in for guest-identity --serve, which sets the real clock and needs a guest: records its arguments and
+    // each request line, and answers "ok".
     const helperPath = join(dir, "fake-guest-identity");
-    await writeFile(helperPath, `#!/bin/sh\necho "$@" > ${helperArgs}\ncat > ${helperInput}\n`);
+    await writeFile(helperPath, `#!/bin/sh\necho "$@" > ${helperArgs}\nwhile read -r line; do echo "$line" >> ${helperInput}; echo ok; done\n`);
     await chmod(helperPath, 0o755);
     options = { helperPath, hostnamePath: join(dir, "hostname"), machineIdPath: join(dir, "machine-id") };
   });
@@ -733,8 +734,9 @@ describe("identity refresh", () => {
         machineId: identity.machineId,
         machineIdWritten: true,
       });
-      assert.equal(await readFile(helperArgs, "utf8"), `${identity.epochMs}\n`);
-      assert.ok((await readFile(helperInput)).equals(Buffer.from(identity.entropy, "base64")));
+      assert.equal(await readFile(helperArgs, "utf8"), "--serve\n");
+      const hex = Buffer.from(identity.entropy, "base64").toString("hex");
+      assert.equal(await readFile(helperInput, "utf8"), `${identity.epochMs} ${hex}\n`);
       assert.equal(await readFile(options.hostnamePath, "utf8"), identity.hostname);
       assert.equal(await readFile(options.machineIdPath, "utf8"), `${identity.machineId}\n`);
       assert.equal((await stat(options.machineIdPath)).mode & 0o777, 0o444);
@@ -742,7 +744,7 @@ describe("identity refresh", () => {
 
   it("rejects malformed requests with 400 and changes nothing", () =>
     withLoopback(async (client) => {
-      await rm(helperArgs, { force: true });
+      await rm(helperInput, { force: true });
       await writeFile(options.hostnamePath, "before");
       const bad: unknown[] = [
         "{",
@@ -767,7 +769,7 @@ describe("identity refresh", () => {
         assert.equal(response.status, 400, `${JSON.stringify(body).slice(0, 120)}: ${response.body.toString()}`);
         assert.equal(JSON.parse(response.body.toString()).error.code, "bad_request");
       }
-      assert.equal(existsSync(helperArgs), false, "the helper never ran");
+      assert.equal(existsSync(helperInput), false, "the helper got no request");
       assert.equal(await readFile(options.hostnamePath, "utf8"), "before");
     }, createAgent({ identity: options })));
 
@@ -791,6 +793,42 @@ describe("identity refresh", () => {
         if (helperPath === failing) assert.match(error.message, /Operation not permitted/);
       }, createAgent({ identity: { ...options, helperPath } }));
     }
+  });
+
+  it("runs a command that arrives right after a refresh only once the refresh is done", async () => {
+    const slow = join(dir, "slow-helper");
+    await writeFile(slow, "#!/bin/sh\nwhile read -r line; do sleep 0.3; echo ok; done\n");
+    await chmod(slow, 0o755);
+    await writeFile(options.hostnamePath, "before");
+    await withLoopback(async (client) => {
+      const identity = valid();
+      const refreshed = post(client, identity);
+      const command = startExec(client, { argv: ["cat", options.hostnamePath], stdin: false });
+      await command.ended;
+      assert.equal(command.text("stdout"), identity.hostname);
+      assert.equal((await refreshed).status, 200);
+    }, createAgent({ identity: { ...options, helperPath: slow } }));
+  });
+
+  it("refuses commands (503) after a failed refresh, until one succeeds", async () => {
+    const flaky = join(dir, "flaky-helper");
+    const attempts = join(dir, "flaky-attempts");
+    await writeFile(flaky, `#!/bin/sh\nwhile read -r line; do echo x >> ${attempts}; if [ $(wc -l < ${attempts}) -eq 1 ]; then echo "error ioctl(RNDRESEEDCRNG): Operation not permitted"; else echo ok; fi; done\n`);
+    await chmod(flaky, 0o755);
+    await withLoopback(async (client) => {
+      assert.equal((await post(client, valid())).status, 500);
+      const execTrue = () =>
+        request(client, { ":method": "POST", ":path": AgentPath.exec, [EXEC_SPEC_HEADER]: encodeExecSpecHeader({ argv: ["true"], stdin: false }) });
+      const refused = await execTrue();
+      assert.equal(refused.status, 503);
+      assert.equal(JSON.parse(refused.body.toString()).error.code, "identity_refresh_failed");
+      assert.equal((await post(client, { ...valid(), hostname: "bad_name" })).status, 400, "a malformed request changes nothing");
+      assert.equal((await execTrue()).status, 503);
+      assert.equal((await post(client, valid())).status, 200);
+      const allowed = startExec(client, { argv: ["true"], stdin: false });
+      assert.equal((await allowed.head)[":status"], 200);
+      await allowed.ended;
+    }, createAgent({ identity: { ...options, helperPath: flaky } }));
   });
 
   it("validates requests without a server too", () => {

@@ -54,6 +54,11 @@ async function route(agent: AgentState, stream: ServerHttp2Stream, headers: Inco
   const method = headers[":method"];
   const url = parseRequestPath(headers[":path"]);
   const query = url.searchParams;
+  if (url.pathname !== AgentPath.health && url.pathname !== AgentPath.identity) {
+    // A request that arrived after an identity refresh runs after it: the host may send a restored clone's refresh
+    // and its first command back to back, and the command must see the new clock and CRNG.
+    await agent.identity.settled();
+  }
 
   switch (url.pathname) {
     case AgentPath.health:

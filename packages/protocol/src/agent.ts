@@ -194,6 +194,8 @@ export type AgentErrorCode =
   | "permission_denied"
   | "too_large"
   | "too_many_commands"
+  /** The last identity refresh failed; the guest runs nothing until one succeeds. */
+  | "identity_refresh_failed"
   | "internal";
 
 // ---------------------------------------------------------------------------------------------------------------

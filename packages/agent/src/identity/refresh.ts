@@ -5,7 +5,7 @@ import { basename, dirname, join } from "node:path";
 import type { IdentityResult } from "@codecourier/protocol";
 import { RequestError, readJsonBody, sendJson } from "../http/respond.js";
 import { logProblem } from "../log.js";
-import { runIdentityHelper } from "./helper.js";
+import { IdentityHelper } from "./helper.js";
 import { validateIdentityRequest } from "./request.js";
 
 export interface IdentityOptions {
@@ -27,43 +27,68 @@ const unwritableRootCodes = new Set(["EROFS", "ENOENT", "ENOTDIR"]);
  * the host's entropy, sets the hostname and writes /etc/machine-id. Requests run one at a time.
  */
 export class IdentityRefresher {
-  readonly #helperPath: string | undefined;
+  readonly #helper: IdentityHelper | undefined;
   readonly #hostnamePath: string;
   readonly #machineIdPath: string;
   #previous: Promise<unknown> = Promise.resolve();
+  #failure: unknown;
 
   constructor(options: IdentityOptions = {}) {
-    this.#helperPath = options.helperPath;
+    this.#helper = options.helperPath === undefined ? undefined : new IdentityHelper(options.helperPath);
     this.#hostnamePath = options.hostnamePath ?? "/proc/sys/kernel/hostname";
     this.#machineIdPath = options.machineIdPath ?? "/etc/machine-id";
   }
 
-  async handle(stream: ServerHttp2Stream): Promise<void> {
-    const request = validateIdentityRequest(await readJsonBody(stream, maxRequestBytes));
-    const run = this.#previous.then(() => this.#apply(request.epochMs, request.entropy, request.hostname, request.machineId));
-    this.#previous = run.catch(() => {});
-    sendJson(stream, 200, await run);
+  /**
+   * Registers the refresh synchronously (before reading its body), so that {@link settled} covers it for every
+   * request that arrives after it.
+   */
+  handle(stream: ServerHttp2Stream): Promise<void> {
+    const run = this.#previous.then(async () => {
+      const request = validateIdentityRequest(await readJsonBody(stream, maxRequestBytes));
+      return this.#apply(request.epochMs, request.entropy, request.hostname, request.machineId);
+    });
+    this.#previous = run.then(
+      () => (this.#failure = undefined),
+      (error: unknown) => {
+        // A malformed request changed nothing; a failure half-way leaves the guest with a stale identity.
+        if (!(error instanceof RequestError && error.status === 400)) this.#failure = error;
+      },
+    );
+    return run.then((result) => sendJson(stream, 200, result));
+  }
+
+  /**
+   * Resolves once every refresh that has arrived so far is done. Rejects (503) while the last refresh failed: a
+   * clone that may share its CRNG state with others must not run commands until a refresh succeeds.
+   */
+  async settled(): Promise<void> {
+    await this.#previous;
+    if (this.#failure !== undefined) {
+      const reason = this.#failure instanceof Error ? this.#failure.message : String(this.#failure);
+      throw new RequestError(503, "identity_refresh_failed", `the last identity refresh failed, so this guest may share state with other clones: ${reason}`);
+    }
   }
 
   async #apply(epochMs: number, entropy: Buffer, hostname: string, machineId: string): Promise<IdentityResult> {
-    const helperPath = this.#helperPath;
-    if (helperPath === undefined) throw new RequestError(500, "internal", "this agent has no identity helper");
+    if (this.#helper === undefined) throw new RequestError(500, "internal", "this agent has no identity helper");
     // Randomness first: it is what clones must not share, and the clock and names are worthless without it.
-    await runIdentityHelper(helperPath, epochMs, entropy);
+    await this.#helper.apply(epochMs, entropy);
     await writeFile(this.#hostnamePath, hostname);
     const machineIdWritten = await this.#writeMachineId(machineId);
     return { clockSetTo: epochMs, reseeded: true, hostname, machineId, machineIdWritten };
   }
 
-  /** Replaces the machine id atomically (temp file, fsync, rename); false if the root has no writable /etc. */
+  /** Replaces the machine id atomically (temp file, rename); false if the root has no writable /etc. */
   async #writeMachineId(machineId: string): Promise<boolean> {
     const path = this.#machineIdPath;
     const tempPath = join(dirname(path), `.${basename(path)}.cc-${randomUUID()}`);
     try {
       const handle = await open(tempPath, "wx", 0o444);
       try {
+        // No fsync: the file lands in the page cache, which every later snapshot of this guest includes; a crash
+        // of the VM itself ends the sandbox anyway.
         await handle.writeFile(`${machineId}\n`);
-        await handle.sync();
       } finally {
         await handle.close();
       }

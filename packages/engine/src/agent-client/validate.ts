@@ -25,6 +25,7 @@ const errorCodes = new Set<AgentErrorCode>([
   "permission_denied",
   "too_large",
   "too_many_commands",
+  "identity_refresh_failed",
   "internal",
 ]);
 const maxIdLength = 128;

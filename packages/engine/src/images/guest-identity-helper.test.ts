@@ -59,4 +59,21 @@ describe("guest-identity helper", () => {
       assert.match(result.stderr, message);
     }
   });
+
+  it("in --serve mode answers every malformed request with an error line and keeps serving", () => {
+    const lines = [
+      "1700000000000",
+      "-5 " + "ab".repeat(32),
+      "1700000000000 " + "ab".repeat(31),
+      "1700000000000 " + "ab".repeat(513),
+      "1700000000000 " + "zz".repeat(32),
+      "1700000000000 " + "a".repeat(65),
+      "x".repeat(5000),
+    ];
+    const result = spawnSync(helper, ["--serve"], { input: lines.map((line) => `${line}\n`).join("") });
+    assert.equal(result.status, 0, result.stderr.toString());
+    const answers = result.stdout.toString().trim().split("\n");
+    assert.equal(answers.length, lines.length, result.stdout.toString());
+    for (const answer of answers) assert.match(answer, /^error /);
+  });
 });

@@ -424,7 +424,7 @@ export class SandboxEngine {
     });
     try {
       this.db.updateSandbox(row.id, { run_dir: vm.runDir, pid: vm.pid ?? null });
-      await this.#refreshIdentity(vm, row);
+      this.#refreshIdentity(vm, row);
     } catch (error) {
       await vm.kill();
       throw error;
@@ -433,13 +433,28 @@ export class SandboxEngine {
     return vm;
   }
 
-  async #refreshIdentity(vm: Vm, row: SandboxRow): Promise<void> {
-    await vm.agent.refreshIdentity({
-      epochMs: Date.now(),
-      entropy: randomBytes(64).toString("base64"),
-      hostname: row.id,
-      machineId: row.machine_id,
-    });
+  /**
+   * Sends the restored guest its fresh identity without waiting for the answer: the agent runs every request that
+   * arrives after it only once it is applied (and refuses them if it failed), so the caller's first command can
+   * follow at once instead of one round trip later. A failed refresh ends the sandbox.
+   */
+  #refreshIdentity(vm: Vm, row: SandboxRow): void {
+    vm.agent
+      .refreshIdentity({
+        epochMs: Date.now(),
+        entropy: randomBytes(64).toString("base64"),
+        hostname: row.id,
+        machineId: row.machine_id,
+      })
+      .catch(async (error: unknown) => {
+        if (vm.state !== "running") return;
+        process.emitWarning(`sandbox ${row.id}: identity refresh failed, stopping it: ${String(error)}`);
+        if (this.#running.get(row.id) === vm) {
+          this.#running.delete(row.id);
+          if (!this.#closed) this.db.updateSandbox(row.id, { state: "lost", run_dir: null, pid: null });
+        }
+        await vm.kill();
+      });
   }
 
   #track(id: string, vm: Vm): void {
@@ -506,7 +521,7 @@ export class SandboxEngine {
     if (!vm || !row || row.state !== "pooled") return undefined;
     try {
       await vm.continue();
-      await this.#refreshIdentity(vm, row);
+      this.#refreshIdentity(vm, row);
     } catch {
       await this.#discardPooled(sandboxId);
       return undefined;

@@ -62,6 +62,10 @@ export function kernelCommandLine(accel: Accelerator, extra: readonly string[] =
   if (accel === "tcg") {
     const khz = hostTscKhz();
     if (khz) args.push(`tsc_early_khz=${khz}`);
+    // TCG caches translated code by guest virtual address: with address-space randomisation every new process maps
+    // ld.so and libc elsewhere and pays for translating them again (an exec of a dynamically linked /bin/true costs
+    // ~32 ms instead of ~8 ms). The isolation boundary is the VM, not ASLR inside it; KVM guests keep ASLR.
+    if (process.env.CODECOURIER_TCG_GUEST_ASLR !== "on") args.push("norandmaps");
   }
   return [...args, ...extra].join(" ");
 }
