@@ -5,6 +5,7 @@ import { AGENT_LIMITS } from "@codecourier/protocol";
 import type { Command } from "./commands/exec.js";
 import { CommandRegistry } from "./commands/registry.js";
 import { IdentityRefresher, type IdentityOptions } from "./identity/refresh.js";
+import { ProcessCensus } from "./activity/process-census.js";
 import { logProblem } from "./log.js";
 import { createAgentHttp2Server, type AgentState } from "./server.js";
 
@@ -38,6 +39,7 @@ export class Agent implements AgentState {
   timeline = { processStartMs: 0, servingMs: 0 };
   readonly commands: CommandRegistry<Command>;
   readonly identity: IdentityRefresher;
+  readonly census: ProcessCensus;
   readonly #server: Http2Server;
   readonly #sessionIds = new WeakMap<object, string>();
 
@@ -47,6 +49,8 @@ export class Agent implements AgentState {
       AGENT_LIMITS.maxRememberedExits,
     );
     this.identity = new IdentityRefresher(options.identity);
+    // After the identity helper started: everything running now is plumbing.
+    this.census = new ProcessCensus();
     this.#server = createAgentHttp2Server(this);
   }
 

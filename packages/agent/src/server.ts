@@ -1,6 +1,6 @@
 import { createServer, type Http2Server, type IncomingHttpHeaders, type ServerHttp2Stream } from "node:http2";
 import { release } from "node:os";
-import { AGENT_LIMITS, AGENT_PROTOCOL_VERSION, AgentPath, type AgentHealth } from "@codecourier/protocol";
+import { AGENT_LIMITS, AGENT_PROTOCOL_VERSION, AgentPath, type AgentHealth, type GuestActivity } from "@codecourier/protocol";
 import { handleAttach, sendBackgroundCommands } from "./commands/background.js";
 import { Command, handleExec } from "./commands/exec.js";
 import type { CommandRegistry } from "./commands/registry.js";
@@ -9,6 +9,7 @@ import { receiveFileContent, sendFileContent } from "./files/content.js";
 import { sendList, sendStat } from "./files/metadata.js";
 import { RequestError, badRequest, requirePathParam, sendFailure, sendJson, toRequestError } from "./http/respond.js";
 import type { IdentityRefresher } from "./identity/refresh.js";
+import type { ProcessCensus } from "./activity/process-census.js";
 import { logProblem } from "./log.js";
 import { AGENT_VERSION } from "./version.js";
 
@@ -22,6 +23,7 @@ export interface AgentState {
   readonly timeline: { processStartMs: number; servingMs: number };
   readonly commands: CommandRegistry<Command>;
   readonly identity: IdentityRefresher;
+  readonly census: ProcessCensus;
   sessionIdOf(stream: ServerHttp2Stream): string;
 }
 
@@ -67,6 +69,12 @@ async function route(agent: AgentState, stream: ServerHttp2Stream, headers: Inco
     case AgentPath.exec:
       requireMethod(method, "POST");
       return handleExec(stream, headers, agent.commands);
+    case AgentPath.activity:
+      requireMethod(method, "GET");
+      return sendJson(stream, 200, {
+        runningCommands: agent.commands.size,
+        otherProcesses: await agent.census.otherProcesses([process.pid, agent.identity.helperPid]),
+      } satisfies GuestActivity);
     case AgentPath.commands:
       requireMethod(method, "GET");
       return sendBackgroundCommands(stream, agent.commands);

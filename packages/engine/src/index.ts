@@ -16,5 +16,5 @@ export {
 } from "./sandboxes/sandbox-engine.js";
 export * from "./sandboxes/errors.js";
 export { snapshotCompat, type SnapshotCompat } from "./snapshots/compat.js";
-export { saveDeviceState, loadDeviceState, transferToReceiver, waitForMigration, MigrationError } from "./vmm/migration.js";
+export { saveDeviceState, saveMigrationStream, loadDeviceState, transferToReceiver, waitForMigration, MigrationError } from "./vmm/migration.js";
 export { qemuArgs, QEMU_BINARY, type MachineSpec, type GuestMemory } from "./vmm/machine.js";

@@ -47,6 +47,8 @@ export const AgentPath = {
   attach: (id: string) => `/v1/exec/${encodeURIComponent(id)}/attach`,
   /** GET → {@link BackgroundCommandInfo}[]: running background commands and the last exited ones. */
   commands: "/v1/commands",
+  /** GET → {@link GuestActivity}: whether anything runs in the guest (the host stops idle sandboxes' vCPUs). */
+  activity: "/v1/activity",
   /** POST {@link IdentityRequest} → {@link IdentityResult}: a fresh clock, CRNG, hostname and machine id. */
   identity: "/v1/identity",
   /** GET streams the file's bytes, PUT replaces it atomically with the request body. Query: path, mode (PUT). */
@@ -164,6 +166,14 @@ export interface AgentHealth {
   runningCommands: number;
   /** Guest kernel uptime (ms) when the agent process started and when it began serving: the boot timeline. */
   timeline: { processStartMs: number; servingMs: number };
+}
+
+/** What runs in the guest besides its plumbing (init, the agent and its helpers). */
+export interface GuestActivity {
+  /** Commands the agent runs (foreground and background). */
+  runningCommands: number;
+  /** Userland processes other than the plumbing, whoever started them (e.g. a daemon a command left behind). */
+  otherProcesses: number;
 }
 
 export type FileType = "file" | "directory" | "symlink" | "other";

@@ -46,6 +46,11 @@ export class IdentityHelper {
     this.#process?.kill("SIGKILL");
   }
 
+  /** The running helper's pid (plumbing, not a user process). */
+  get pid(): number | undefined {
+    return this.#process?.pid;
+  }
+
   #start(): ChildProcessByStdio<Writable, Readable, Readable> {
     const child = spawn(this.path, ["--serve"], { stdio: ["pipe", "pipe", "pipe"], env: {} });
     this.#process = child;

@@ -39,6 +39,11 @@ export class IdentityRefresher {
     this.#machineIdPath = options.machineIdPath ?? "/etc/machine-id";
   }
 
+  /** Pid of the running helper process, if any. */
+  get helperPid(): number | undefined {
+    return this.#helper?.pid;
+  }
+
   /**
    * Registers the refresh synchronously (before reading its body), so that {@link settled} covers it for every
    * request that arrives after it.

@@ -12,6 +12,7 @@ import {
   type ExecExit,
   type ExecSpec,
   type FileStat,
+  type GuestActivity,
   type IdentityRequest,
   type IdentityResult,
 } from "@codecourier/protocol";
@@ -19,7 +20,9 @@ import { CommandHandle, type AttachOptions, type ExecOptions } from "./command.j
 import { AgentConnection } from "./connection.js";
 import { AgentClientError, AgentDisconnectedError, AgentError, AgentProtocolError, AgentTimeoutError } from "./errors.js";
 import { Http2FrameGuard } from "./frame-guard.js";
+import type { RequestActivity } from "./request-activity.js";
 import {
+  parseGuestActivity,
   parseBackgroundCommands,
   parseDirEntries,
   parseFileStat,
@@ -189,6 +192,16 @@ export class AgentClient {
       (commandId, signal) => this.#signal(commandId, signal),
       { ...options, stdinEnabled: false, expectedId: id },
     );
+  }
+
+  /** Requests in flight and recent activity of this session (see RequestActivity). */
+  get activity(): RequestActivity {
+    return this.#connection.activity;
+  }
+
+  /** What runs in the guest besides its plumbing. */
+  async guestActivity(): Promise<GuestActivity> {
+    return parseGuestActivity(await this.#unary("GET", AgentPath.activity));
   }
 
   /** Background commands: the running ones and the last exited ones (AGENT_LIMITS.maxRememberedExits). */

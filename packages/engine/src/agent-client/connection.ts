@@ -1,3 +1,4 @@
+import { RequestActivity } from "./request-activity.js";
 import {
   constants as h2,
   type ClientHttp2Session,
@@ -49,6 +50,7 @@ const protocolResetCodes = new Set<number>([
 export class AgentConnection {
   /** Set once the whole session failed; every later stream failure reports this cause. */
   #failure: AgentClientError | undefined;
+  readonly activity = new RequestActivity();
 
   constructor(
     readonly session: ClientHttp2Session,
@@ -79,15 +81,19 @@ export class AgentConnection {
   open(method: string, path: string, headers: OutgoingHttpHeaders = {}, endStream = true): ClientHttp2Stream {
     if (this.#failure !== undefined) throw this.#failure;
     if (this.isClosed) throw new AgentDisconnectedError("the agent session is closed");
+    // Before the request exists: a listener may send a request of its own that must reach the guest first.
+    this.activity.requestStarting();
     let stream: ClientHttp2Stream;
     try {
       stream = this.session.request({ ":method": method, ":path": path, ...headers }, { endStream });
     } catch (error) {
+      this.activity.requestEnded();
       throw this.failureOf(undefined, error);
     }
     stream.on("error", () => {
       // Errors are reported through the promises that use the stream; see failureOf().
     });
+    stream.once("close", () => this.activity.requestEnded());
     return stream;
   }
 

@@ -10,6 +10,7 @@ import {
   type ExecExit,
   type FileStat,
   type FileType,
+  type GuestActivity,
   type IdentityResult,
 } from "@codecourier/protocol";
 import { AgentProtocolError } from "./errors.js";
@@ -134,6 +135,11 @@ export function parseCommandId(value: unknown): string {
 
 /** Running background commands plus remembered exits: the agent never lists more than both limits together. */
 const maxListedCommands = AGENT_LIMITS.maxConcurrentCommands + AGENT_LIMITS.maxRememberedExits;
+
+export function parseGuestActivity(json: unknown): GuestActivity {
+  if (!isObject(json) || !isCount(json.runningCommands) || !isCount(json.otherProcesses)) fail("activity response");
+  return { runningCommands: json.runningCommands, otherProcesses: json.otherProcesses };
+}
 
 export function parseBackgroundCommands(json: unknown): BackgroundCommandInfo[] {
   if (!Array.isArray(json) || json.length > maxListedCommands) fail("command list");

@@ -36,6 +36,11 @@ export class OperationGate {
 export class KeyedLock {
   readonly #tails = new Map<string, Promise<unknown>>();
 
+  /** Whether an operation on `key` is running or queued. */
+  isBusy(key: string): boolean {
+    return this.#tails.has(key);
+  }
+
   async run<T>(key: string, operation: () => Promise<T>): Promise<T> {
     const previous = this.#tails.get(key) ?? Promise.resolve();
     const next = previous.catch(() => undefined).then(operation);

@@ -270,6 +270,25 @@ describe("snapshot engine with real VMs", () => {
     assert.deepEqual(findEngineQemus(join(home, "run")), []);
   });
 
+  it("stops the vCPUs of an idle sandbox, wakes it for the next request with a correct clock, and never sleeps a busy one", async () => {
+    const sandbox = await engine.create(templateId);
+    const vmStatus = async () => (await sandbox.vm.qmp.execute<{ status: string }>("query-status")).status;
+    for (let i = 0; i < 100 && !sandbox.vm.asleep; i++) await sleep(100);
+    assert.ok(sandbox.vm.asleep, "an idle sandbox was not put to sleep");
+    assert.equal(await vmStatus(), "paused");
+    await sleep(1500); // the guest clock stands still meanwhile
+    const guestNow = Number(await shell(sandbox, "date +%s.%N"));
+    assert.ok(Math.abs(guestNow - Date.now() / 1000) < 1, `guest clock is ${(guestNow - Date.now() / 1000).toFixed(3)} s off after waking`);
+    assert.equal(await vmStatus(), "running");
+
+    // A daemon left behind by a command (reparented to init, unknown to the agent) keeps it awake.
+    await shell(sandbox, "setsid sleep 600 > /dev/null 2>&1 < /dev/null &");
+    await sleep(5000);
+    assert.equal(sandbox.vm.asleep, false, "a sandbox with a process running was put to sleep");
+    assert.equal(await vmStatus(), "running");
+    await engine.kill(sandbox.id);
+  });
+
   it("pause and resume refuse the wrong state and change nothing", async () => {
     const sandbox = await engine.create(templateId);
     await assert.rejects(engine.resume(sandbox.id), SandboxStateError);

@@ -35,6 +35,11 @@ export interface SandboxEngineOptions {
   poolSize?: number;
   /** A snapshot layer deeper than this is flattened onto the image base. Default 8. */
   maxChainDepth?: number;
+  /**
+   * A running sandbox in which nothing runs (no command, no process besides the guest's plumbing) and that has had
+   * no request for this long has its vCPUs stopped until the next request. Default 3000 ms; 0 disables.
+   */
+  idleSleepAfterMs?: number;
 }
 
 export interface TemplateDefinition {
@@ -73,6 +78,9 @@ export interface RunningSandbox {
 }
 
 const DEFAULT_MAX_CHAIN_DEPTH = 8;
+const DEFAULT_IDLE_SLEEP_AFTER_MS = 3000;
+/** How often running sandboxes are checked for idleness. */
+const IDLE_CHECK_INTERVAL_MS = 1000;
 const MAX_FORK = 64;
 const GUEST_BUSYBOX = `${SYSTEM_MOUNT}/bin/busybox`;
 
@@ -99,6 +107,7 @@ export class SandboxEngine {
   readonly #pool: WarmPool;
   readonly #layers: DiskLayers;
   readonly #maxChainDepth: number;
+  #idleTimer: NodeJS.Timeout | undefined;
   #closed = false;
 
   private constructor(
@@ -128,6 +137,7 @@ export class SandboxEngine {
       db = new EngineDatabase(join(dataDir(), "state.db"));
       const engine = new SandboxEngine(options.image, accel, version, db, lock, options);
       await engine.#recover();
+      engine.#startIdleMonitor();
       return engine;
     } catch (error) {
       db?.close();
@@ -355,6 +365,7 @@ export class SandboxEngine {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearInterval(this.#idleTimer);
     await this.#pool.close();
     for (const [id, vm] of this.#running) {
       await vm.kill();
@@ -459,6 +470,11 @@ export class SandboxEngine {
 
   #track(id: string, vm: Vm): void {
     this.#running.set(id, vm);
+    // The guest clock stood still while the vCPUs were stopped.
+    vm.onWake = () => {
+      const row = this.db.sandbox(id);
+      if (row) this.#refreshIdentity(vm, row);
+    };
     vm.once("crashed", () => {
       if (this.#running.get(id) !== vm) return;
       this.#running.delete(id);
@@ -490,6 +506,26 @@ export class SandboxEngine {
     } catch (error) {
       this.db.updateSandbox(row.id, { state: "lost", run_dir: null, pid: null });
       throw error;
+    }
+  }
+
+  #startIdleMonitor(): void {
+    const idleAfterMs = this.options.idleSleepAfterMs ?? DEFAULT_IDLE_SLEEP_AFTER_MS;
+    if (idleAfterMs <= 0) return;
+    let checking = false;
+    this.#idleTimer = setInterval(() => {
+      if (checking || this.#closed) return;
+      checking = true;
+      void this.#sleepIdleSandboxes(idleAfterMs).finally(() => (checking = false));
+    }, IDLE_CHECK_INTERVAL_MS);
+    this.#idleTimer.unref();
+  }
+
+  async #sleepIdleSandboxes(idleAfterMs: number): Promise<void> {
+    for (const [id, vm] of this.#running) {
+      // Pool clones are stopped already; a sandbox in the middle of an operation is not idle.
+      if (vm.asleep || this.#locks.isBusy(id) || this.db.sandbox(id)?.state !== "running") continue;
+      await this.#locks.run(id, () => vm.sleepIfIdle(idleAfterMs)).catch(() => false);
     }
   }
 
@@ -683,6 +719,7 @@ export class SandboxEngine {
             rootDisk: this.#layers.path(row.layer_id),
           });
           this.#track(row.id, vm);
+          this.#refreshIdentity(vm, row); // its clock may have stood still (stopped while idle)
           adopted.add(process.pid);
           continue;
         } catch {

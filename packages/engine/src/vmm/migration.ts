@@ -53,9 +53,25 @@ export async function loadDeviceState(qmp: QmpClient, fd: number, timeoutMs: num
  * Saves the device state of a stopped VM whose RAM is a shared memory file (x-ignore-shared: the RAM stays in its
  * file and is not copied). Takes a few milliseconds and ~70 KB.
  */
-export async function saveDeviceState(qmp: QmpClient, file: string, socketPath: string, timeoutMs: number): Promise<void> {
+export function saveDeviceState(qmp: QmpClient, file: string, socketPath: string, timeoutMs: number): Promise<void> {
+  return saveMigrationStream(qmp, file, socketPath, timeoutMs, { includeSharedRam: false });
+}
+
+/**
+ * Writes a stopped VM's migration stream to `file` through a Unix socket this process listens on. With
+ * `includeSharedRam` the stream carries all RAM (a full-state file, as a plain `-incoming` restore needs);
+ * without, RAM in shared memory files is left out.
+ */
+export async function saveMigrationStream(
+  qmp: QmpClient,
+  file: string,
+  socketPath: string,
+  timeoutMs: number,
+  options: { includeSharedRam: boolean },
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  await setIgnoreShared(qmp, true);
+  await setIgnoreShared(qmp, !options.includeSharedRam);
+  if (options.includeSharedRam) await unthrottle(qmp);
   await rm(socketPath, { force: true });
   const out = createWriteStream(file, { mode: 0o600 });
   const written = new Promise<void>((resolve, reject) => {
@@ -74,16 +90,21 @@ export async function saveDeviceState(qmp: QmpClient, file: string, socketPath: 
       server.listen(socketPath, resolve);
     });
     await qmp.execute("migrate", { uri: `unix:${socketPath}` });
-    await waitForMigration(qmp, deadline, "saving the device state");
+    await waitForMigration(qmp, deadline, "saving the VM state");
     await Promise.race([
       written,
-      new Promise((_, reject) => setTimeout(() => reject(new MigrationError("device state file was not closed")), Math.max(1, deadline - Date.now()))),
+      new Promise((_, reject) => setTimeout(() => reject(new MigrationError("state file was not closed")), Math.max(1, deadline - Date.now()))),
     ]);
   } finally {
     server.close();
     out.destroy();
     await rm(socketPath, { force: true });
   }
+}
+
+/** A stopped VM has no downtime to protect: no bandwidth cap, one pass. */
+async function unthrottle(qmp: QmpClient): Promise<void> {
+  await qmp.execute("migrate-set-parameters", { "max-bandwidth": 0x7fffffffffff, "downtime-limit": 100_000 });
 }
 
 /**
@@ -104,7 +125,7 @@ export async function transferToReceiver(
   // Stopped source: one pass, no dirty-page iterations; a restored clone still has x-ignore-shared set from its own
   // restore, but its RAM is private and must be sent.
   await setIgnoreShared(source, false);
-  await source.execute("migrate-set-parameters", { "max-bandwidth": 0x7fffffffffff, "downtime-limit": 100_000 });
+  await unthrottle(source);
   await source.execute("migrate", { uri: `unix:${socketPath}` });
   const info = await waitForMigration(source, deadline, "copying RAM to the snapshot");
   await waitForMigration(destination, deadline, "receiving RAM into the snapshot");

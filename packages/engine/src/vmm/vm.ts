@@ -115,6 +115,13 @@ export class Vm extends EventEmitter {
   #qemuStderr = "";
   /** The qcow2 layer the guest writes its root disk to. */
   rootDisk = "";
+  #asleep = false;
+  #vcpuCommands: Promise<unknown> = Promise.resolve();
+  /**
+   * Runs synchronously when a request wakes a sleeping VM, before that request is sent: a request it sends (e.g.
+   * setting the guest clock, which stood still) reaches the guest first.
+   */
+  onWake: (() => void) | undefined;
 
   private constructor(
     readonly id: string,
@@ -156,7 +163,7 @@ export class Vm extends EventEmitter {
       vm.#connect(qmpSocket, deadline, async () => {
         // Bytes the host sends wait in the socket until the agent opens its port, so connecting now and waiting
         // for the first health answer is exactly "wait until the agent is ready".
-        vm.#agent = await AgentClient.connect(agentSocket, { timeoutMs: Math.max(1, deadline - Date.now()) });
+        vm.#useAgent(await AgentClient.connect(agentSocket, { timeoutMs: Math.max(1, deadline - Date.now()) }));
       }),
     );
     return vm;
@@ -178,7 +185,7 @@ export class Vm extends EventEmitter {
       vm.#connect(qmpSocket, deadline, async () => {
         await loadDeviceState(vm.qmp, INCOMING_STATE_FD, Math.max(1, deadline - Date.now()));
         await vm.qmp.execute("cont");
-        vm.#agent = await vm.#connectAgentWithRetry(deadline);
+        vm.#useAgent(await vm.#connectAgentWithRetry(deadline));
       }),
     );
     return vm;
@@ -219,8 +226,9 @@ export class Vm extends EventEmitter {
     await vm.#startOrTearDown(deadline, timeoutMs, (qmpSocket) =>
       vm.#connect(qmpSocket, deadline, async () => {
         const status = await vm.qmp.execute<{ status: string }>("query-status");
+        // Stopped by the previous engine (idle or pooled): the new owner starts from a running VM.
         if (status.status !== "running") await vm.qmp.execute("cont");
-        vm.#agent = await vm.#connectAgentWithRetry(deadline);
+        vm.#useAgent(await vm.#connectAgentWithRetry(deadline));
       }),
     );
     return vm;
@@ -342,8 +350,7 @@ export class Vm extends EventEmitter {
    */
   async reconnectAgent(timeoutMs = 10_000): Promise<AgentClient> {
     await this.#agent?.close();
-    this.#agent = await this.#connectAgentWithRetry(Date.now() + timeoutMs);
-    return this.#agent;
+    return this.#useAgent(await this.#connectAgentWithRetry(Date.now() + timeoutMs));
   }
 
   async #connectAgentWithRetry(deadline: number): Promise<AgentClient> {
@@ -360,14 +367,57 @@ export class Vm extends EventEmitter {
     }
   }
 
+  #useAgent(client: AgentClient): AgentClient {
+    this.#agent = client;
+    client.activity.onRequestStarting = () => this.#wakeForRequest();
+    return client;
+  }
+
   /** Stops the vCPUs (QMP stop). The guest's clock and processes stand still until {@link continue}. */
-  async stopVcpus(): Promise<void> {
-    await this.qmp.execute("stop");
+  stopVcpus(): Promise<void> {
+    return this.#vcpuCommand("stop");
   }
 
   /** Lets stopped vCPUs run again. */
-  async continue(): Promise<void> {
-    await this.qmp.execute("cont");
+  continue(): Promise<void> {
+    this.#asleep = false;
+    return this.#vcpuCommand("cont");
+  }
+
+  /** Whether the VM is idle with its vCPUs stopped (see {@link sleepIfIdle}). */
+  get asleep(): boolean {
+    return this.#asleep;
+  }
+
+  /**
+   * Stops the vCPUs when nothing runs in the guest (no command, no process besides its plumbing) and the host has
+   * sent no request for `idleForMs`: an idle guest then costs no host CPU. The next request starts them again
+   * before it is sent, and {@link onWake} runs first. Returns whether the VM went to sleep.
+   */
+  async sleepIfIdle(idleForMs: number): Promise<boolean> {
+    if (this.#asleep || this.state !== "running" || !this.#agent) return false;
+    const { activity } = this.#agent;
+    if (activity.inFlight > 0 || activity.idleMs < idleForMs) return false;
+    const guest = await this.#agent.guestActivity();
+    // Nothing can start a request between the answer and the flag below: no await in between.
+    if (guest.runningCommands > 0 || guest.otherProcesses > 0 || activity.inFlight > 0) return false;
+    this.#asleep = true;
+    await this.#vcpuCommand("stop");
+    return true;
+  }
+
+  #wakeForRequest(): void {
+    if (!this.#asleep) return;
+    this.#asleep = false;
+    void this.#vcpuCommand("cont").catch(() => {});
+    this.onWake?.();
+  }
+
+  /** vCPU stop/cont in the order they were asked for, so a wake-up can never overtake the stop it undoes. */
+  #vcpuCommand(command: "stop" | "cont"): Promise<void> {
+    const next = this.#vcpuCommands.then(() => this.qmp.execute(command));
+    this.#vcpuCommands = next.catch(() => {});
+    return next.then(() => undefined);
   }
 
   /**
