@@ -15,9 +15,11 @@ export function percentile(samples: readonly number[], p: number): number {
   return sorted[rank]!;
 }
 
-export function summarize(samples: readonly number[], unit = "ms"): Metric {
+/** p50, p95, min and max of the samples, rounded to `decimals` places (default one). */
+export function summarize(samples: readonly number[], unit = "ms", decimals = 1): Metric {
   if (samples.length === 0) throw new Error("no samples");
-  const round = (x: number) => Math.round(x * 10) / 10;
+  const scale = 10 ** decimals;
+  const round = (x: number) => Math.round(x * scale) / scale;
   return {
     unit,
     p50: round(percentile(samples, 50)),
@@ -26,4 +28,11 @@ export function summarize(samples: readonly number[], unit = "ms"): Metric {
     min: round(Math.min(...samples)),
     max: round(Math.max(...samples)),
   };
+}
+
+/** A quantity measured once over a whole phase (a rate, a count): p50 = p95 = the value; n counts what it covers. */
+export function single(value: number, unit: string, n: number, decimals = 1): Metric {
+  const scale = 10 ** decimals;
+  const v = Math.round(value * scale) / scale;
+  return { unit, p50: v, p95: v, n };
 }
