@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import {
   AgentClient,
+  GUEST_BUSYBOX,
   QEMU_BINARY,
   QmpClient,
   qemuArgs,
@@ -23,8 +24,7 @@ import {
 
 const run = promisify(execFile);
 
-/** Busybox of the guest's system disk (SYSTEM_MOUNT/bin/busybox in the engine; not exported). */
-export const GUEST_BUSYBOX = "/.codecourier/bin/busybox";
+export { GUEST_BUSYBOX };
 
 /** Descriptor under which the restoring QEMU inherits the state file. */
 const STATE_FD = 3;

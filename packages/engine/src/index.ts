@@ -1,5 +1,6 @@
 export { dataDir, serverPort, ENGINE_VERSION } from "./config.js";
 export { ensureGuestImage, type GuestImage } from "./images/guest-image.js";
+export { GUEST_BUSYBOX } from "./images/guest-scripts.js";
 export { chooseAccelerator, bootToMarker, qemuVersion, type AcceleratorChoice } from "./vmm/accel.js";
 export { Vm, type VmOptions, type VmState } from "./vmm/vm.js";
 export { VmError, VmBootTimeoutError, VmCrashedError, VmConfigError } from "./vmm/errors.js";

@@ -9,6 +9,8 @@ export const ROOT_DISK_LABEL = "cc-root";
 
 /** Where the system disk is mounted inside the guest's root filesystem. */
 export const SYSTEM_MOUNT = "/.codecourier";
+/** The system disk's static busybox: present in every guest, whatever its root filesystem holds. */
+export const GUEST_BUSYBOX = `${SYSTEM_MOUNT}/bin/busybox`;
 
 /**
  * /init of the initramfs: load the virtio and ext4 drivers, mount the read-only system disk and the

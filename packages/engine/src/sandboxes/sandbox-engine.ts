@@ -5,7 +5,7 @@ import { basename, join } from "node:path";
 import type { AgentClient } from "../agent-client/index.js";
 import { dataDir } from "../config.js";
 import type { GuestImage } from "../images/guest-image.js";
-import { SYSTEM_MOUNT } from "../images/guest-scripts.js";
+import { GUEST_BUSYBOX } from "../images/guest-scripts.js";
 import { compatDifferences, snapshotCompat, type SnapshotCompat } from "../snapshots/compat.js";
 import { DataDirLock } from "../state/data-dir-lock.js";
 import { EngineDatabase, LIVE_SANDBOX_STATES, type SandboxRow, type SnapshotKind, type SnapshotRow } from "../state/database.js";
@@ -82,7 +82,6 @@ const DEFAULT_IDLE_SLEEP_AFTER_MS = 3000;
 /** How often running sandboxes are checked for idleness. */
 const IDLE_CHECK_INTERVAL_MS = 1000;
 const MAX_FORK = 64;
-const GUEST_BUSYBOX = `${SYSTEM_MOUNT}/bin/busybox`;
 
 function newId(prefix: string): string {
   return `${prefix}-${randomBytes(6).toString("hex")}`;

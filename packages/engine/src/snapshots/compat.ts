@@ -45,6 +45,8 @@ export function snapshotCompat(options: {
     memory: { kind: "file", path: "MEMORY", shared: false },
     incoming: true,
     tcgCpuModel: options.tcgCpuModel,
+    // Host-side only; a restore may use another buffer size.
+    tcgCodeBufferMiB: 0,
   });
   return {
     kernel: buildId(options.image.kernelPath),

@@ -26,6 +26,12 @@ export interface MachineSpec {
   incoming?: boolean;
   /** CPU model under TCG (default {@link TCG_CPU_MODEL}); part of the layout a snapshot must match. */
   tcgCpuModel?: string;
+  /**
+   * Size of TCG's translated-code buffer in MiB (default {@link TCG_CODE_BUFFER_MIB}). Host-side only: not part of
+   * the guest-visible layout. QEMU backs the buffer with transparent huge pages, so it grows in 2 MiB steps; a
+   * smaller buffer caps what an idle clone holds, at the price of retranslating when it fills.
+   */
+  tcgCodeBufferMiB?: number;
 }
 
 /**
@@ -110,7 +116,8 @@ export function qemuArgs(spec: MachineSpec): string[] {
     // -arch-capabilities: on AMD hosts KVM refuses the MSR ("failed to set MSR 0x10a").
     args.push("-accel", "kvm", "-cpu", "host,-arch-capabilities");
   } else {
-    args.push("-accel", "tcg,thread=multi", "-cpu", spec.tcgCpuModel ?? TCG_CPU_MODEL);
+    const tbSize = spec.tcgCodeBufferMiB ?? TCG_CODE_BUFFER_MIB;
+    args.push("-accel", tbSize > 0 ? `tcg,thread=multi,tb-size=${tbSize}` : "tcg,thread=multi", "-cpu", spec.tcgCpuModel ?? TCG_CPU_MODEL);
   }
   if (spec.qmpSocket) args.push("-qmp", `unix:${spec.qmpSocket},server=on,wait=off`);
   if (spec.agentSocket) {
@@ -157,6 +164,9 @@ function memoryBackend(memory: GuestMemory, memoryMiB: number): string {
 }
 
 export const QEMU_BINARY = process.env.CODECOURIER_QEMU ?? "qemu-system-x86_64";
+
+/** TCG code buffer size in MiB; 0 keeps QEMU's default (1 GiB). */
+export const TCG_CODE_BUFFER_MIB = Number(process.env.CODECOURIER_TCG_CODE_MIB ?? "0");
 
 /** CPU model emulated under TCG; part of the machine layout (a snapshot must be restored with the same one). */
 export const TCG_CPU_MODEL = process.env.CODECOURIER_TCG_CPU ?? "max";
