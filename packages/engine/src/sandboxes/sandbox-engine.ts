@@ -79,6 +79,8 @@ export interface RunningSandbox {
 
 const DEFAULT_MAX_CHAIN_DEPTH = 8;
 const DEFAULT_IDLE_SLEEP_AFTER_MS = 3000;
+/** Niceness of QEMUs restoring and warming pool clones; reset to 0 when a clone is handed out. */
+const POOL_NICENESS = 10;
 /** How often running sandboxes are checked for idleness. */
 const IDLE_CHECK_INTERVAL_MS = 1000;
 const MAX_FORK = 64;
@@ -188,6 +190,9 @@ export class SandboxEngine {
           await started.id;
         }
         if (definition.readyCheck !== undefined) await waitUntilReady(vm.agent, definition.readyCheck, readyTimeoutMs);
+        // Run the commands clones will run first, so the pages the guest allocates for them are already in the
+        // template's memory file (clones then share them instead of each faulting fresh ones in).
+        await warmUp(vm.agent, 10);
         await vm.agent.run({ argv: [GUEST_BUSYBOX, "sync"] });
         // Clones start with no host session: close ours and give the agent a moment to see the hang-up.
         await vm.agent.close();
@@ -293,10 +298,15 @@ export class SandboxEngine {
   /** Deletes a template or snapshot; refused while a sandbox or another snapshot still builds on it. */
   async deleteSnapshot(snapshotId: string): Promise<void> {
     const snapshot = this.#requireSnapshot(snapshotId, ["template", "snapshot"]);
+    const inUse = () => {
+      // Pool clones do not count: they are discarded with the snapshot.
+      const users = this.#usersOfLayer(snapshot.layer_id, snapshotId, { ignorePooled: true });
+      if (users.length > 0) throw new SnapshotInUseError(snapshotId, users);
+    };
+    inUse(); // a refused delete must not even drain the pool
     await this.#pool.drain(snapshotId);
     await this.#gate.exclusive(async () => {
-      const users = this.#usersOfLayer(snapshot.layer_id, snapshotId);
-      if (users.length > 0) throw new SnapshotInUseError(snapshotId, users);
+      inUse();
       await this.#forgetSnapshot(snapshotId);
     });
   }
@@ -417,7 +427,7 @@ export class SandboxEngine {
   }
 
   /** Restores `snapshot` into a new VM for the sandbox `row` (on a new writable layer) and refreshes its identity. */
-  async #restore(row: SandboxRow, snapshot: SnapshotRow): Promise<Vm> {
+  async #restore(row: SandboxRow, snapshot: SnapshotRow, niceness = 0): Promise<Vm> {
     this.#checkCompatible(snapshot);
     const layer = await this.#layers.createOver({ layerId: snapshot.layer_id });
     this.db.updateSandbox(row.id, { layer_id: layer.id });
@@ -431,6 +441,7 @@ export class SandboxEngine {
       deviceStateFile: files.deviceState,
       rootDisk: this.#layers.path(layer.id),
       tcgCpuModel: this.options.tcgCpuModel,
+      niceness,
     });
     try {
       this.db.updateSandbox(row.id, { run_dir: vm.runDir, pid: vm.pid ?? null });
@@ -499,7 +510,8 @@ export class SandboxEngine {
     };
     this.db.insertSandbox(row);
     try {
-      const vm = await this.#restore(row, snapshot);
+      // Pool clones are prepared in the background: they must not take CPU from sandboxes in use.
+      const vm = await this.#restore(row, snapshot, state === "pooled" ? POOL_NICENESS : 0);
       this.db.updateSandbox(row.id, { state });
       return { id: row.id, vm, agent: vm.agent };
     } catch (error) {
@@ -533,8 +545,7 @@ export class SandboxEngine {
     const snapshot = this.#requireSnapshot(snapshotId, ["template", "snapshot"]);
     const sandbox = await this.#createFresh(snapshot, "pooled");
     try {
-      for (let i = 0; i < 3; i++) await sandbox.agent.run({ argv: ["/bin/true"] });
-      await sandbox.agent.run({ shell: "true" });
+      await warmUp(sandbox.agent, 3);
       await sandbox.vm.stopVcpus();
     } catch (error) {
       await this.#discardPooled(sandbox.id);
@@ -557,6 +568,7 @@ export class SandboxEngine {
     try {
       await vm.continue();
       this.#refreshIdentity(vm, row);
+      await vm.setNiceness(0);
     } catch {
       await this.#discardPooled(sandboxId);
       return undefined;
@@ -642,9 +654,10 @@ export class SandboxEngine {
   }
 
   /** Live sandboxes and ready snapshots (other than `except`) whose disk chain includes `layerId`. */
-  #usersOfLayer(layerId: string, except: string): string[] {
+  #usersOfLayer(layerId: string, except: string, options: { ignorePooled?: boolean } = {}): string[] {
     const users: string[] = [];
     for (const sandbox of this.db.sandboxes(LIVE_SANDBOX_STATES)) {
+      if (options.ignorePooled && sandbox.state === "pooled") continue;
       const top = sandbox.paused_snapshot_id ? this.db.snapshot(sandbox.paused_snapshot_id)?.layer_id : sandbox.layer_id;
       if (top && this.#layers.chain(top).includes(layerId)) users.push(`sandbox ${sandbox.id}`);
     }
@@ -739,6 +752,14 @@ export class SandboxEngine {
     for (let i = 0; i < 200 && findEngineQemus(runRoot).some((q) => !adopted.has(q.pid)); i++) await new Promise((r) => setTimeout(r, 10));
     for (const row of this.db.snapshots(["saving"])) await this.#forgetSnapshot(row.id);
     await this.#collectGarbage();
+  }
+}
+
+/** Runs typical first commands (argv and shell forms) so their code is translated and their pages touched. */
+async function warmUp(agent: AgentClient, rounds: number): Promise<void> {
+  for (let i = 0; i < rounds; i++) {
+    await agent.run({ argv: ["/bin/true"], stdin: false });
+    await agent.run({ shell: "true", stdin: false });
   }
 }
 

@@ -3,8 +3,9 @@ import { closeSync, openSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { existsSync } from "node:fs";
-import { copyFile, mkdir, rm } from "node:fs/promises";
+import { copyFile, mkdir, readdir, rm } from "node:fs/promises";
 import { connect as connectSocket } from "node:net";
+import { setPriority } from "node:os";
 import { join } from "node:path";
 import { dataDir } from "../config.js";
 import type { GuestImage } from "../images/guest-image.js";
@@ -35,6 +36,8 @@ export interface VmOptions {
   rootDisk?: string;
   /** CPU model under TCG; default TCG_CPU_MODEL. */
   tcgCpuModel?: string;
+  /** Scheduling niceness of the QEMU process (e.g. for clones prepared in the background); default 0. */
+  niceness?: number;
 }
 
 /** What a restore needs: the saved device state and the RAM and disk it was saved with. */
@@ -287,7 +290,9 @@ export class Vm extends EventEmitter {
     let child: ChildProcess;
     try {
       if (mode.stateFile !== undefined) stateFd = openSync(mode.stateFile, "r");
-      child = spawn(QEMU_BINARY, args, { stdio: ["ignore", "ignore", "pipe", stateFd ?? "ignore"], cwd: runDir });
+      // Through nice(1) so that every QEMU thread (vCPUs included) starts at that priority.
+      const [command, commandArgs] = options.niceness ? ["nice", ["-n", String(options.niceness), QEMU_BINARY, ...args]] : [QEMU_BINARY, args];
+      child = spawn(command, commandArgs, { stdio: ["ignore", "ignore", "pipe", stateFd ?? "ignore"], cwd: runDir });
     } catch (error) {
       await rm(runDir, { recursive: true, force: true });
       throw error;
@@ -363,6 +368,19 @@ export class Vm extends EventEmitter {
         const retriable = error instanceof AgentProtocolError || error instanceof AgentDisconnectedError;
         if (!retriable || attempt >= RECONNECT_ATTEMPTS || Date.now() >= deadline) throw error;
         await drainStaleOutput(socketPath, deadline);
+      }
+    }
+  }
+
+  /** Sets the scheduling niceness of every QEMU thread (Linux schedules threads, not processes). */
+  async setNiceness(niceness: number): Promise<void> {
+    const pid = this.pid;
+    if (pid === undefined) return;
+    for (const tid of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
+      try {
+        setPriority(Number(tid), niceness);
+      } catch {
+        // The thread exited meanwhile.
       }
     }
   }
