@@ -754,9 +754,10 @@ describe("background commands across reconnects", () => {
 describe("refreshIdentity", () => {
   it("applies a fresh identity through the agent's helper and rejects malformed ones", async () => {
     const dir = await mkdtemp(join(tmpdir(), "cc-identity-client-"));
-    // Stands in for guest-identity (which sets the real clock, so it only runs in a guest): records its input.
+    // Stands in for guest-identity --serve (which sets the real clock, so it only runs in a guest): records its
+    // arguments and requests, and answers "ok".
     const helperPath = join(dir, "fake-guest-identity");
-    await writeFile(helperPath, `#!/bin/sh\necho "$@" > ${dir}/args\ncat > ${dir}/entropy\n`);
+    await writeFile(helperPath, `#!/bin/sh\necho "$@" > ${dir}/args\nwhile read -r line; do echo "$line" >> ${dir}/requests; echo ok; done\n`);
     await chmod(helperPath, 0o755);
     const identity = { helperPath, hostnamePath: join(dir, "hostname"), machineIdPath: join(dir, "machine-id") };
     const harness = await startAgent(createAgent({ identity }));
@@ -773,8 +774,9 @@ describe("refreshIdentity", () => {
         machineId: request.machineId,
         machineIdWritten: true,
       });
-      assert.equal(await readFile(join(dir, "args"), "utf8"), `${request.epochMs}\n`);
-      assert.ok((await readFile(join(dir, "entropy"))).equals(Buffer.from(request.entropy, "base64")));
+      assert.equal(await readFile(join(dir, "args"), "utf8"), "--serve\n");
+      const entropyHex = Buffer.from(request.entropy, "base64").toString("hex");
+      assert.equal(await readFile(join(dir, "requests"), "utf8"), `${request.epochMs} ${entropyHex}\n`);
       assert.equal(await readFile(identity.hostnamePath, "utf8"), "clone-1");
       assert.equal(await readFile(identity.machineIdPath, "utf8"), `${request.machineId}\n`);
 
