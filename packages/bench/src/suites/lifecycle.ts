@@ -140,8 +140,8 @@ export async function lifecycleSuite(runs: number, log: (line: string) => void, 
   const sandboxes = new Set<string>();
   const floorDir = await mkdtemp(join(tmpdir(), "cc-bench-floor-"));
   let engine: SandboxEngine | undefined;
-  const openEngine = async (poolSize: number) => {
-    engine = await SandboxEngine.open({ image, accel, poolSize });
+  const openEngine = async (poolSize: number, idleSleepAfterMs?: number) => {
+    engine = await SandboxEngine.open({ image, accel, poolSize, idleSleepAfterMs });
     return engine;
   };
   const closeEngine = async () => {
@@ -288,7 +288,8 @@ export async function lifecycleSuite(runs: number, log: (line: string) => void, 
 
     // ——— idle clones: pooled (vCPUs stopped) and running (handed out, nothing running) ———
     const idleCount = options.idleClones ?? DEFAULT_IDLE_CLONES;
-    e = await openEngine(idleCount);
+    // Idle sleep off first: pooled clones, and running clones kept awake (the cost of an idle guest's own ticks).
+    e = await openEngine(idleCount, 0);
     const runRoot = `${join(dataDir(), "run")}/`;
     const before = new Set(qemuPidsMentioning(runRoot));
     log(`idle: ${idleCount} pooled clones`);
@@ -313,15 +314,50 @@ export async function lifecycleSuite(runs: number, log: (line: string) => void, 
       running.map((s) => s.vm.pid!),
       `/snapshots/${tplNoPool.id}/`,
     );
-    metrics.idleClonePssMiB = summarize(runningIdle.pssMiB, "MiB");
-    metrics.idleCloneCpuPct = summarize(runningIdle.cpuPct, "%", 2);
-    notes.push(`idleClonePssMiB (median clone, ${idleCount} running clones of one template): ${runningIdle.breakdown}`);
+    metrics.idleAwakeClonePssMiB = summarize(runningIdle.pssMiB, "MiB");
+    metrics.idleAwakeCloneCpuPct = summarize(runningIdle.cpuPct, "%", 2);
+    notes.push(`idleAwakeClonePssMiB (median clone, ${idleCount} running clones of one template, idle sleep off): ${runningIdle.breakdown}`);
     notes.push(
       "idle PSS splits the pages shared between the clones of one template, so it falls as more clones share them; " +
       `idle readings: PSS from /proc/<pid>/smaps_rollup, CPU from utime+stime in /proc/<pid>/stat over ${IDLE_WINDOW_MS / 1000} s ` +
         `after ${IDLE_SETTLE_MS / 1000} s idle; running clones ran the pool's warm-up commands (3 × /bin/true, sh -c true) first`,
     );
     for (const sandbox of running) {
+      await e.kill(sandbox.id);
+      sandboxes.delete(sandbox.id);
+    }
+    await closeEngine();
+
+    // The engine's default: a running sandbox with nothing running in it has its vCPUs stopped after a quiet spell.
+    log(`idle: ${idleCount} running clones with the default idle sleep`);
+    e = await openEngine(0);
+    const sleeping: RunningSandbox[] = [];
+    for (let i = 0; i < idleCount; i++) {
+      const sandbox = await e.create(tplNoPool.id);
+      sandboxes.add(sandbox.id);
+      sleeping.push(sandbox);
+      await warmLikePool(sandbox);
+    }
+    for (let i = 0; i < 300 && sleeping.some((s) => !s.vm.asleep); i++) await sleep(100);
+    const asleepCount = sleeping.filter((s) => s.vm.asleep).length;
+    const sleepingIdle = await readIdle(
+      sleeping.map((s) => s.vm.pid!),
+      `/snapshots/${tplNoPool.id}/`,
+    );
+    metrics.idleClonePssMiB = summarize(sleepingIdle.pssMiB, "MiB");
+    metrics.idleCloneCpuPct = summarize(sleepingIdle.cpuPct, "%", 2);
+    notes.push(
+      `idleClonePssMiB / idleCloneCpuPct: ${idleCount} running clones, engine defaults (idle sleep after 3 s; ${asleepCount} of them ` +
+        `asleep when measured): ${sleepingIdle.breakdown}`,
+    );
+    let wakeMs = 0;
+    for (const sandbox of sleeping) {
+      const t = performance.now();
+      await sandbox.agent.run({ argv: ["/bin/true"] });
+      wakeMs = Math.max(wakeMs, performance.now() - t);
+    }
+    notes.push(`first command on a sleeping clone (wake + clock refresh + exec), worst of ${idleCount}: ${wakeMs.toFixed(0)} ms`);
+    for (const sandbox of sleeping) {
       await e.kill(sandbox.id);
       sandboxes.delete(sandbox.id);
     }
