@@ -289,6 +289,23 @@ describe("snapshot engine with real VMs", () => {
     await engine.kill(sandbox.id);
   });
 
+  it("keeps a template's start command running in its clones; a failing ready check leaves nothing behind", async () => {
+    const template = await engine.createTemplate({
+      memoryMiB: TEMPLATE_MEMORY_MIB,
+      startCommand: "i=0; while :; do echo $i > /root/started; i=$((i+1)); sleep 0.1; done",
+      readyCheck: "test -s /root/started",
+    });
+    const clone = await engine.create(template.id);
+    await assertCounterRuns(clone, "/root/started");
+    await engine.kill(clone.id);
+    await engine.deleteSnapshot(template.id);
+
+    const snapshotsBefore = engine.listSnapshots().length;
+    await assert.rejects(engine.createTemplate({ memoryMiB: TEMPLATE_MEMORY_MIB, readyCheck: "false", readyTimeoutMs: 1000 }), /ready check/);
+    assert.equal(engine.listSnapshots().length, snapshotsBefore);
+    assert.deepEqual(findEngineQemus(join(home, "run")), []);
+  });
+
   it("pause and resume refuse the wrong state and change nothing", async () => {
     const sandbox = await engine.create(templateId);
     await assert.rejects(engine.resume(sandbox.id), SandboxStateError);
