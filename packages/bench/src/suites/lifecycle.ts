@@ -303,13 +303,23 @@ export async function lifecycleSuite(runs: number, log: (line: string) => void, 
     notes.push(`idlePooledClonePssMiB (median clone, ${idleCount} clones of one template): ${pooled.breakdown}`);
 
     log(`idle: ${idleCount} running clones`);
-    const running: RunningSandbox[] = [];
-    for (let i = 0; i < idleCount; i++) {
-      const sandbox = await e.create(tplNoPool.id);
-      sandboxes.add(sandbox.id);
-      running.push(sandbox);
-      await warmLikePool(sandbox);
-    }
+    const createWarmClones = async (engineNow: SandboxEngine, count: number): Promise<RunningSandbox[]> => {
+      const clones: RunningSandbox[] = [];
+      for (let i = 0; i < count; i++) {
+        const sandbox = await engineNow.create(tplNoPool.id);
+        sandboxes.add(sandbox.id);
+        clones.push(sandbox);
+        await warmLikePool(sandbox);
+      }
+      return clones;
+    };
+    const killClones = async (engineNow: SandboxEngine, clones: RunningSandbox[]): Promise<void> => {
+      for (const sandbox of clones) {
+        await engineNow.kill(sandbox.id);
+        sandboxes.delete(sandbox.id);
+      }
+    };
+    const running = await createWarmClones(e, idleCount);
     const runningIdle = await readIdle(
       running.map((s) => s.vm.pid!),
       `/snapshots/${tplNoPool.id}/`,
@@ -322,22 +332,13 @@ export async function lifecycleSuite(runs: number, log: (line: string) => void, 
       `idle readings: PSS from /proc/<pid>/smaps_rollup, CPU from utime+stime in /proc/<pid>/stat over ${IDLE_WINDOW_MS / 1000} s ` +
         `after ${IDLE_SETTLE_MS / 1000} s idle; running clones ran the pool's warm-up commands (3 × /bin/true, sh -c true) first`,
     );
-    for (const sandbox of running) {
-      await e.kill(sandbox.id);
-      sandboxes.delete(sandbox.id);
-    }
+    await killClones(e, running);
     await closeEngine();
 
     // The engine's default: a running sandbox with nothing running in it has its vCPUs stopped after a quiet spell.
     log(`idle: ${idleCount} running clones with the default idle sleep`);
     e = await openEngine(0);
-    const sleeping: RunningSandbox[] = [];
-    for (let i = 0; i < idleCount; i++) {
-      const sandbox = await e.create(tplNoPool.id);
-      sandboxes.add(sandbox.id);
-      sleeping.push(sandbox);
-      await warmLikePool(sandbox);
-    }
+    const sleeping = await createWarmClones(e, idleCount);
     for (let i = 0; i < 300 && sleeping.some((s) => !s.vm.asleep); i++) await sleep(100);
     const asleepCount = sleeping.filter((s) => s.vm.asleep).length;
     const sleepingIdle = await readIdle(
@@ -357,10 +358,7 @@ export async function lifecycleSuite(runs: number, log: (line: string) => void, 
       wakeMs = Math.max(wakeMs, performance.now() - t);
     }
     notes.push(`first command on a sleeping clone (wake + clock refresh + exec), worst of ${idleCount}: ${wakeMs.toFixed(0)} ms`);
-    for (const sandbox of sleeping) {
-      await e.kill(sandbox.id);
-      sandboxes.delete(sandbox.id);
-    }
+    await killClones(e, sleeping);
     await closeEngine();
 
     // ——— sustained creates ———

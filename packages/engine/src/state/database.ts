@@ -93,6 +93,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
 );
 `;
 
+const SANDBOX_COLUMNS = new Set(["state", "from_snapshot_id", "layer_id", "paused_snapshot_id", "machine_id", "memory_mib", "cpus", "run_dir", "pid", "updated_at"]);
+
 /** Sandbox states whose sandbox holds resources (a QEMU process, a disk layer, a paused snapshot). */
 export const LIVE_SANDBOX_STATES: readonly SandboxState[] = ["creating", "pooled", "running", "paused"];
 
@@ -197,6 +199,8 @@ export class EngineDatabase {
   updateSandbox(id: string, changes: Partial<Omit<SandboxRow, "id" | "created_at">>): void {
     const fields = Object.keys(changes);
     if (fields.length === 0) return;
+    // Column names are interpolated into the statement: only known ones, never anything a caller made up.
+    for (const field of fields) if (!SANDBOX_COLUMNS.has(field)) throw new Error(`not a sandbox column: ${field}`);
     const assignments = fields.map((field) => `${field} = @${field}`).join(", ");
     this.#db.prepare(`UPDATE sandboxes SET ${assignments}, updated_at = @updated_at WHERE id = @id`).run({ ...changes, id, updated_at: Date.now() });
   }
