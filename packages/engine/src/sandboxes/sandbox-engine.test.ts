@@ -97,6 +97,9 @@ describe("snapshot engine with real VMs", () => {
     }
     await sleep(300);
     assert.ok((await assertLogContiguous(sandbox, logLength)) > logLength, "the writer stopped writing");
+    // 20 pauses froze 20 layers; flattening past maxChainDepth (4) keeps the chain short.
+    const chain = JSON.parse((await runTool("qemu-img", ["info", "-U", "--backing-chain", "--output=json", sandbox.vm.rootDisk])).toString()) as unknown[];
+    assert.ok(chain.length <= 4 + 2, `backing chain has ${chain.length} files`);
     const commands = await sandbox.agent.listCommands();
     assert.ok(commands.some((c) => c.id === writerId && c.running), "the writer is no longer running");
 
