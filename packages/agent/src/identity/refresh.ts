@@ -77,10 +77,13 @@ export class IdentityRefresher {
 
   async #apply(epochMs: number, entropy: Buffer, hostname: string, machineId: string): Promise<IdentityResult> {
     if (this.#helper === undefined) throw new RequestError(500, "internal", "this agent has no identity helper");
-    // Randomness first: it is what clones must not share, and the clock and names are worthless without it.
-    await this.#helper.apply(epochMs, entropy);
-    await writeFile(this.#hostnamePath, hostname);
-    const machineIdWritten = await this.#writeMachineId(machineId);
+    // All three at once: a refresh sits between a clone's hand-out and its first command. If any step fails, the
+    // refresh fails and every later request is refused (see settled()), so a half-applied identity is never used.
+    const [, , machineIdWritten] = await Promise.all([
+      this.#helper.apply(epochMs, entropy),
+      writeFile(this.#hostnamePath, hostname),
+      this.#writeMachineId(machineId),
+    ]);
     return { clockSetTo: epochMs, reseeded: true, hostname, machineId, machineIdWritten };
   }
 
