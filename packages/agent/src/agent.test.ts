@@ -34,6 +34,7 @@ import {
   type PortIo,
 } from "./index.js";
 import { CommandRegistry } from "./commands/registry.js";
+import { withOwnHostname } from "./identity/refresh.js";
 
 /**
  * Simulates a virtio-serial port: while no host is connected, read() returns 0 at once (EOF) and writes block
@@ -718,7 +719,8 @@ describe("identity refresh", () => {
     const helperPath = join(dir, "fake-guest-identity");
     await writeFile(helperPath, `#!/bin/sh\necho "$@" > ${helperArgs}\nwhile read -r line; do echo "$line" >> ${helperInput}; echo ok; done\n`);
     await chmod(helperPath, 0o755);
-    options = { helperPath, hostnamePath: join(dir, "hostname"), machineIdPath: join(dir, "machine-id") };
+    options = { helperPath, hostnamePath: join(dir, "hostname"), machineIdPath: join(dir, "machine-id"), hostsPath: join(dir, "hosts") };
+    await writeFile(options.hostsPath, "127.0.0.1\tlocalhost\n127.0.1.1\tsandbox\n::1\tlocalhost ip6-localhost\n");
   });
   after(() => rm(dir, { recursive: true, force: true }));
 
@@ -740,6 +742,7 @@ describe("identity refresh", () => {
       assert.equal(await readFile(options.hostnamePath, "utf8"), identity.hostname);
       assert.equal(await readFile(options.machineIdPath, "utf8"), `${identity.machineId}\n`);
       assert.equal((await stat(options.machineIdPath)).mode & 0o777, 0o444);
+      assert.equal(await readFile(options.hostsPath, "utf8"), `127.0.0.1\tlocalhost\n127.0.1.1\t${identity.hostname}\n::1\tlocalhost ip6-localhost\n`);
     }, createAgent({ identity: options })));
 
   it("rejects malformed requests with 400 and changes nothing", () =>
@@ -829,6 +832,12 @@ describe("identity refresh", () => {
       assert.equal((await allowed.head)[":status"], 200);
       await allowed.ended;
     }, createAgent({ identity: { ...options, helperPath: flaky } }));
+  });
+
+  it("names the new hostname in /etc/hosts, adding the line where there is none", () => {
+    assert.equal(withOwnHostname("127.0.0.1 localhost\n127.0.1.1   old old.local\n", "new"), "127.0.0.1 localhost\n127.0.1.1\tnew\n");
+    assert.equal(withOwnHostname("127.0.0.1 localhost\n", "new"), "127.0.0.1 localhost\n127.0.1.1\tnew\n");
+    assert.equal(withOwnHostname("127.0.0.1 localhost", "new"), "127.0.0.1 localhost\n127.0.1.1\tnew");
   });
 
   it("validates requests without a server too", () => {

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { open, rename, unlink, writeFile } from "node:fs/promises";
+import { open, readFile, rename, unlink, writeFile } from "node:fs/promises";
 import type { ServerHttp2Stream } from "node:http2";
 import { basename, dirname, join } from "node:path";
 import type { IdentityResult } from "@codecourier/protocol";
@@ -15,6 +15,8 @@ export interface IdentityOptions {
   hostnamePath?: string;
   /** Default /etc/machine-id. */
   machineIdPath?: string;
+  /** Default /etc/hosts: its 127.0.1.1 line (Debian's convention for the own hostname) gets the new hostname. */
+  hostsPath?: string;
 }
 
 /** An identity request is a few hundred bytes of JSON. */
@@ -30,6 +32,7 @@ export class IdentityRefresher {
   readonly #helper: IdentityHelper | undefined;
   readonly #hostnamePath: string;
   readonly #machineIdPath: string;
+  readonly #hostsPath: string;
   #previous: Promise<unknown> = Promise.resolve();
   #failure: unknown;
 
@@ -37,6 +40,7 @@ export class IdentityRefresher {
     this.#helper = options.helperPath === undefined ? undefined : new IdentityHelper(options.helperPath);
     this.#hostnamePath = options.hostnamePath ?? "/proc/sys/kernel/hostname";
     this.#machineIdPath = options.machineIdPath ?? "/etc/machine-id";
+    this.#hostsPath = options.hostsPath ?? "/etc/hosts";
   }
 
   /** Pid of the running helper process, if any. */
@@ -82,21 +86,30 @@ export class IdentityRefresher {
     const [, , machineIdWritten] = await Promise.all([
       this.#helper.apply(epochMs, entropy),
       writeFile(this.#hostnamePath, hostname),
-      this.#writeMachineId(machineId),
+      this.#replaceEtcFile(this.#machineIdPath, async () => `${machineId}\n`, 0o444),
+      this.#replaceEtcFile(this.#hostsPath, async (current) => (current === undefined ? undefined : withOwnHostname(current, hostname)), 0o644),
     ]);
     return { clockSetTo: epochMs, reseeded: true, hostname, machineId, machineIdWritten };
   }
 
-  /** Replaces the machine id atomically (temp file, rename); false if the root has no writable /etc. */
-  async #writeMachineId(machineId: string): Promise<boolean> {
-    const path = this.#machineIdPath;
+  /**
+   * Replaces a file in /etc atomically (temp file, rename) with what `content` makes of its current text (undefined:
+   * leave it alone). Returns false, and logs, if the root has no writable /etc: any root filesystem must work.
+   */
+  async #replaceEtcFile(path: string, content: (current: string | undefined) => Promise<string | undefined>, mode: number): Promise<boolean> {
     const tempPath = join(dirname(path), `.${basename(path)}.cc-${randomUUID()}`);
     try {
-      const handle = await open(tempPath, "wx", 0o444);
+      const current = await readFile(path, "utf8").catch((error: NodeJS.ErrnoException) => {
+        if (error.code === "ENOENT") return undefined;
+        throw error;
+      });
+      const next = await content(current);
+      if (next === undefined) return false;
+      const handle = await open(tempPath, "wx", mode);
       try {
         // No fsync: the file lands in the page cache, which every later snapshot of this guest includes; a crash
         // of the VM itself ends the sandbox anyway.
-        await handle.writeFile(`${machineId}\n`);
+        await handle.writeFile(next);
       } finally {
         await handle.close();
       }
@@ -107,10 +120,20 @@ export class IdentityRefresher {
       const code = (error as NodeJS.ErrnoException).code ?? "";
       if (!unwritableRootCodes.has(code)) {
         const message = error instanceof Error ? error.message : String(error);
-        throw new RequestError(500, "internal", `clock, entropy and hostname were applied, but writing ${path} failed: ${message}`);
+        throw new RequestError(500, "internal", `writing ${path} failed: ${message}`);
       }
       logProblem(`identity: ${path} not written`, error);
       return false;
     }
   }
+}
+
+/** /etc/hosts with its 127.0.1.1 line naming `hostname` (added if there is none). */
+export function withOwnHostname(hosts: string, hostname: string): string {
+  const line = `127.0.1.1\t${hostname}`;
+  const lines = hosts.split("\n");
+  const index = lines.findIndex((l) => /^127\.0\.1\.1\s/.test(l));
+  if (index >= 0) lines[index] = line;
+  else lines.splice(lines.at(-1) === "" ? lines.length - 1 : lines.length, 0, line);
+  return lines.join("\n");
 }

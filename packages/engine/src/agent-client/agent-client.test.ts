@@ -759,7 +759,7 @@ describe("refreshIdentity", () => {
     const helperPath = join(dir, "fake-guest-identity");
     await writeFile(helperPath, `#!/bin/sh\necho "$@" > ${dir}/args\nwhile read -r line; do echo "$line" >> ${dir}/requests; echo ok; done\n`);
     await chmod(helperPath, 0o755);
-    const identity = { helperPath, hostnamePath: join(dir, "hostname"), machineIdPath: join(dir, "machine-id") };
+    const identity = { helperPath, hostnamePath: join(dir, "hostname"), machineIdPath: join(dir, "machine-id"), hostsPath: join(dir, "hosts") };
     const harness = await startAgent(createAgent({ identity }));
     const client = await AgentClient.connect(harness.socketPath);
     try {

@@ -43,9 +43,10 @@ describe("agent in a real guest: identity refresh and background commands", () =
       machineIdWritten: true,
     });
 
-    const guest = await vm.agent.run({ shell: "date +%s; hostname; cat /etc/machine-id" });
+    const guest = await vm.agent.run({ shell: "date +%s; hostname; cat /etc/machine-id; grep '^127.0.1.1' /etc/hosts" });
     assert.equal(guest.exitCode, 0, guest.stderr.toString());
-    const [seconds, hostname, machineId] = guest.stdout.toString().trim().split("\n");
+    const [seconds, hostname, machineId, hostsLine] = guest.stdout.toString().trim().split("\n");
+    assert.equal(hostsLine, "127.0.1.1\tclone-test-1", "/etc/hosts names the new hostname");
     const expectedS = (Date.now() + hourMs) / 1000;
     assert.ok(Math.abs(Number(seconds) - expectedS) < clockToleranceS, `guest clock ${seconds}, expected about ${expectedS}`);
     assert.equal(hostname, "clone-test-1");
