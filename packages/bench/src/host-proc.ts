@@ -1,6 +1,6 @@
 /** Host-side readings of QEMU processes from /proc: memory (PSS), CPU time, and the host's available memory. */
 import { execFileSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 
 let clockTicks: number | undefined;
 /** Clock ticks per second of /proc/<pid>/stat's utime and stime (getconf CLK_TCK; 100 on Linux in practice). */
@@ -72,20 +72,4 @@ export function memAvailableMiB(): number {
   const match = /^MemAvailable:\s+(\d+) kB/m.exec(readFileSync("/proc/meminfo", "utf8"));
   if (!match) throw new Error("no MemAvailable in /proc/meminfo");
   return Number(match[1]) / 1024;
-}
-
-/** Pids of QEMU processes whose command line mentions `pathPart` (e.g. the engine's run/ directory), like pgrep -f. */
-export function qemuPidsMentioning(pathPart: string): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    let cmdline: string;
-    try {
-      cmdline = readFileSync(`/proc/${entry}/cmdline`, "utf8");
-    } catch {
-      continue;
-    }
-    if (cmdline.split("\0")[0]?.includes("qemu-system") && cmdline.includes(pathPart)) pids.push(Number(entry));
-  }
-  return pids;
 }

@@ -16,6 +16,7 @@ export {
   type RunningSandbox,
 } from "./sandboxes/sandbox-engine.js";
 export * from "./sandboxes/errors.js";
+export { findEngineQemus } from "./sandboxes/host-qemu-scan.js";
 export { snapshotCompat, type SnapshotCompat } from "./snapshots/compat.js";
 export { saveDeviceState, saveMigrationStream, loadDeviceState, transferToReceiver, waitForMigration, MigrationError } from "./vmm/migration.js";
 export { qemuArgs, QEMU_BINARY, type MachineSpec, type GuestMemory } from "./vmm/machine.js";

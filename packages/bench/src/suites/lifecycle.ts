@@ -6,6 +6,7 @@ import {
   createIdentityRequest,
   dataDir,
   ensureGuestImage,
+  findEngineQemus,
   qemuVersion,
   SandboxEngine,
   type Accelerator,
@@ -14,7 +15,7 @@ import {
 } from "@codecourier/engine";
 import type { BenchOptions } from "../main.js";
 import { floorRestore, prepareFloorState, type FloorSample } from "../floor-restore.js";
-import { cpuSeconds, memAvailableMiB, pssBreakdownKiB, pssKiB, qemuPidsMentioning } from "../host-proc.js";
+import { cpuSeconds, memAvailableMiB, pssBreakdownKiB, pssKiB } from "../host-proc.js";
 import type { SuiteResult } from "../report.js";
 import { single, summarize, type Metric } from "../stats.js";
 
@@ -290,12 +291,13 @@ export async function lifecycleSuite(runs: number, log: (line: string) => void, 
     const idleCount = options.idleClones ?? DEFAULT_IDLE_CLONES;
     // Idle sleep off first: pooled clones, and running clones kept awake (the cost of an idle guest's own ticks).
     e = await openEngine(idleCount, 0);
-    const runRoot = `${join(dataDir(), "run")}/`;
-    const before = new Set(qemuPidsMentioning(runRoot));
+    const runRoot = join(dataDir(), "run");
+    const enginePids = () => findEngineQemus(runRoot).map((qemu) => qemu.pid);
+    const before = new Set(enginePids());
     log(`idle: ${idleCount} pooled clones`);
     e.warmPool(tplPool.id);
     await e.poolFilled(tplPool.id);
-    const pooledPids = qemuPidsMentioning(runRoot).filter((pid) => !before.has(pid));
+    const pooledPids = enginePids().filter((pid) => !before.has(pid));
     if (pooledPids.length !== idleCount) notes.push(`idle pooled clones: found ${pooledPids.length} QEMU processes for a pool of ${idleCount}`);
     const pooled = await readIdle(pooledPids, `/snapshots/${tplPool.id}/`);
     metrics.idlePooledClonePssMiB = summarize(pooled.pssMiB, "MiB");

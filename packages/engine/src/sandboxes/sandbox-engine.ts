@@ -345,21 +345,21 @@ export class SandboxEngine {
   sandboxInfo(id: string): SandboxInfo {
     const row = this.db.sandbox(id);
     if (!row || row.state === "pooled") throw new SandboxNotFoundError(id);
-    return { id, state: row.state, fromSnapshotId: row.from_snapshot_id, memoryMiB: row.memory_mib, cpus: row.cpus, createdAt: row.created_at };
+    return toSandboxInfo(row);
   }
 
   listSandboxes(): SandboxInfo[] {
-    return this.db.sandboxes(["creating", "running", "paused"]).map((row) => this.sandboxInfo(row.id));
+    return this.db.sandboxes(["creating", "running", "paused"]).map(toSandboxInfo);
   }
 
   snapshotInfo(id: string): SnapshotInfo {
     const row = this.db.snapshot(id);
     if (!row || row.state !== "ready") throw new SnapshotNotFoundError(id);
-    return { id, kind: row.kind, createdAt: row.created_at, memoryMiB: row.memory_mib, cpus: row.cpus, sourceSandboxId: row.source_sandbox_id };
+    return toSnapshotInfo(row);
   }
 
   listSnapshots(): SnapshotInfo[] {
-    return this.db.snapshots(["ready"]).filter((row) => row.kind !== "pause").map((row) => this.snapshotInfo(row.id));
+    return this.db.snapshots(["ready"]).filter((row) => row.kind !== "pause").map(toSnapshotInfo);
   }
 
   /** Files of a snapshot (for diagnostics, tests and the benchmark). */
@@ -399,15 +399,10 @@ export class SandboxEngine {
     const saved = JSON.parse(snapshot.compat) as SnapshotCompat;
     const current = this.#compat(snapshot.memory_mib, snapshot.cpus);
     const differences = compatDifferences(saved, current);
-    if (snapshot.accel !== this.accel) differences.push("accel" as keyof SnapshotCompat);
     if (differences.length > 0) {
       throw new SnapshotIncompatibleError(
         snapshot.id,
-        differences.map((field) =>
-          (field as string) === "accel"
-            ? { field: "accelerator", saved: snapshot.accel, current: this.accel }
-            : { field, saved: String(saved[field]), current: String(current[field]) },
-        ),
+        differences.map((field) => ({ field, saved: String(saved[field]), current: String(current[field]) })),
       );
     }
   }
@@ -717,13 +712,13 @@ export class SandboxEngine {
         if (!snapshot || snapshot.state !== "ready") this.db.updateSandbox(row.id, { state: "lost" });
         continue;
       }
-      const process = qemus.find((q) => q.pid === row.pid && q.runDir === row.run_dir);
-      if (row.state === "running" && process && row.layer_id && existsSync(join(process.runDir, "qmp.sock"))) {
+      const qemu = qemus.find((q) => q.pid === row.pid && q.runDir === row.run_dir);
+      if (row.state === "running" && qemu && row.layer_id && existsSync(join(qemu.runDir, "qmp.sock"))) {
         try {
           const vm = await Vm.adopt({
-            id: basename(process.runDir),
-            runDir: process.runDir,
-            pid: process.pid,
+            id: basename(qemu.runDir),
+            runDir: qemu.runDir,
+            pid: qemu.pid,
             image: this.image,
             accel: this.accel,
             memoryMiB: row.memory_mib,
@@ -732,7 +727,7 @@ export class SandboxEngine {
           });
           this.#track(row.id, vm);
           this.#refreshIdentity(vm, row); // its clock may have stood still (stopped while idle)
-          adopted.add(process.pid);
+          adopted.add(qemu.pid);
           continue;
         } catch {
           // Not answering: treated like any other process nobody owns.
@@ -753,6 +748,14 @@ export class SandboxEngine {
     for (const row of this.db.snapshots(["saving"])) await this.#forgetSnapshot(row.id);
     await this.#collectGarbage();
   }
+}
+
+function toSandboxInfo(row: SandboxRow): SandboxInfo {
+  return { id: row.id, state: row.state, fromSnapshotId: row.from_snapshot_id, memoryMiB: row.memory_mib, cpus: row.cpus, createdAt: row.created_at };
+}
+
+function toSnapshotInfo(row: SnapshotRow): SnapshotInfo {
+  return { id: row.id, kind: row.kind, createdAt: row.created_at, memoryMiB: row.memory_mib, cpus: row.cpus, sourceSandboxId: row.source_sandbox_id };
 }
 
 /** Runs typical first commands (argv and shell forms) so their code is translated and their pages touched. */

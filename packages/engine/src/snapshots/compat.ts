@@ -15,6 +15,8 @@ export interface SnapshotCompat {
   /** The system disk (agent + runtime) the guest has mounted. */
   systemDisk: string;
   qemu: string;
+  /** KVM or TCG: a guest saved under one does not run under the other. */
+  accel: Accelerator;
   /** Digest of the QEMU command line with host paths left out: devices, memory, CPUs, accelerator, kernel args. */
   layout: string;
 }
@@ -53,6 +55,7 @@ export function snapshotCompat(options: {
     initramfs: buildId(options.image.initramfsPath),
     systemDisk: buildId(options.image.systemDiskPath),
     qemu: options.qemuVersion,
+    accel: options.accel,
     layout: createHash("sha256").update(JSON.stringify(args)).digest("hex").slice(0, 16),
   };
 }

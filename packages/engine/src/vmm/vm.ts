@@ -1,8 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, openSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
-import { existsSync } from "node:fs";
+import { closeSync, existsSync, openSync } from "node:fs";
 import { copyFile, mkdir, readdir, rm } from "node:fs/promises";
 import { connect as connectSocket } from "node:net";
 import { setPriority } from "node:os";
@@ -161,8 +160,9 @@ export class Vm extends EventEmitter {
   /** Boots a VM from the image and resolves once its agent answers. On any failure nothing is left running. */
   static async boot(options: VmOptions): Promise<Vm> {
     const vm = await Vm.#launch(options, { incoming: false });
-    const deadline = Date.now() + (options.bootTimeoutMs ?? 60_000);
-    await vm.#startOrTearDown(deadline, options.bootTimeoutMs ?? 60_000, (qmpSocket, agentSocket) =>
+    const timeoutMs = options.bootTimeoutMs ?? 60_000;
+    const deadline = Date.now() + timeoutMs;
+    await vm.#startOrTearDown(deadline, timeoutMs, (qmpSocket, agentSocket) =>
       vm.#connect(qmpSocket, deadline, async () => {
         // Bytes the host sends wait in the socket until the agent opens its port, so connecting now and waiting
         // for the first health answer is exactly "wait until the agent is ready".
