@@ -1,6 +1,8 @@
 import { mkdir, writeFile } from "node:fs/promises";
+import { cpus } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { qemuVersion } from "@codecourier/engine";
 import type { Metric } from "./stats.js";
 
 export interface SuiteResult {
@@ -38,4 +40,9 @@ export async function report(result: SuiteResult): Promise<string> {
   const text = lines.join("\n");
   console.log(text);
   return file;
+}
+
+/** The machine a suite ran on, as every result records it. */
+export async function benchHost(): Promise<SuiteResult["host"]> {
+  return { cpus: cpus().length, node: process.version, qemu: await qemuVersion() };
 }

@@ -1,7 +1,6 @@
-import { cpus } from "node:os";
-import { bootToMarker, chooseAccelerator, ensureGuestImage, qemuVersion, Vm } from "@codecourier/engine";
+import { bootToMarker, chooseAccelerator, ensureGuestImage, Vm } from "@codecourier/engine";
 import { summarize } from "../stats.js";
-import type { SuiteResult } from "../report.js";
+import { benchHost, type SuiteResult } from "../report.js";
 
 /** Execs after the first that only warm TCG's translation of the exec path, then the measured ones. */
 const WARMUP_EXECS_PER_VM = 5;
@@ -72,7 +71,7 @@ export async function bootSuite(runs: number, log: (line: string) => void): Prom
     suite: "boot",
     accel,
     runs,
-    host: { cpus: cpus().length, node: process.version, qemu: await qemuVersion() },
+    host: await benchHost(),
     metrics,
     ratios: { coldBootVsFloor: metrics.coldBootMs.p50 / metrics.floorColdBootMs.p50 },
     notes: [

@@ -1,5 +1,5 @@
 import { mkdtemp, rm } from "node:fs/promises";
-import { cpus, loadavg, tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   chooseAccelerator,
@@ -7,7 +7,6 @@ import {
   dataDir,
   ensureGuestImage,
   findEngineQemus,
-  qemuVersion,
   SandboxEngine,
   type Accelerator,
   type GuestImage,
@@ -16,7 +15,7 @@ import {
 import type { BenchOptions } from "../main.js";
 import { floorRestore, prepareFloorState, type FloorSample } from "../floor-restore.js";
 import { cpuSeconds, memAvailableMiB, pssBreakdownKiB, pssKiB } from "../host-proc.js";
-import type { SuiteResult } from "../report.js";
+import { benchHost, type SuiteResult } from "../report.js";
 import { single, summarize, type Metric } from "../stats.js";
 
 const TEMPLATE_MIB = 512;
@@ -426,7 +425,7 @@ export async function lifecycleSuite(runs: number, log: (line: string) => void, 
     suite: "lifecycle",
     accel,
     runs,
-    host: { cpus: cpus().length, node: process.version, qemu: await qemuVersion() },
+    host: await benchHost(),
     metrics,
     ratios,
     notes,
