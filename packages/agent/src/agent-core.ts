@@ -4,6 +4,7 @@ import type { Duplex } from "node:stream";
 import { AGENT_LIMITS } from "@codecourier/protocol";
 import type { Command } from "./commands/exec.js";
 import { CommandRegistry } from "./commands/registry.js";
+import { HelperSpawner, NodeSpawner, type Spawner } from "./commands/spawner.js";
 import { IdentityRefresher, type IdentityOptions } from "./identity/refresh.js";
 import { ProcessCensus } from "./activity/process-census.js";
 import { logProblem } from "./log.js";
@@ -17,6 +18,8 @@ export interface AgentOptions {
   maxConcurrentCommands?: number;
   /** Where POST /v1/identity finds its helper and what it writes; see IdentityOptions. */
   identity?: IdentityOptions;
+  /** The guest-spawner helper that starts commands; unset (an agent outside a guest): Node's own spawn. */
+  spawnerPath?: string;
 }
 
 /** One HTTP/2 session served over one host connection. */
@@ -39,6 +42,7 @@ export class Agent implements AgentState {
   timeline = { processStartMs: 0, servingMs: 0 };
   readonly commands: CommandRegistry<Command>;
   readonly identity: IdentityRefresher;
+  readonly spawner: Spawner;
   readonly census: ProcessCensus;
   readonly #server: Http2Server;
   readonly #sessionIds = new WeakMap<object, string>();
@@ -49,7 +53,8 @@ export class Agent implements AgentState {
       AGENT_LIMITS.maxRememberedExits,
     );
     this.identity = new IdentityRefresher(options.identity);
-    // After the identity helper started: everything running now is plumbing.
+    this.spawner = options.spawnerPath === undefined ? new NodeSpawner() : new HelperSpawner(options.spawnerPath);
+    // After the helpers started: everything running now is plumbing.
     this.census = new ProcessCensus();
     this.#server = createAgentHttp2Server(this);
   }

@@ -745,6 +745,28 @@ describe("identity refresh", () => {
       assert.equal(await readFile(options.hostsPath, "utf8"), `127.0.0.1\tlocalhost\n127.0.1.1\t${identity.hostname}\n::1\tlocalhost ip6-localhost\n`);
     }, createAgent({ identity: options })));
 
+  it("rewrites the names only when they change; the clock and the reseed are applied every time", () =>
+    withLoopback(async (client) => {
+      await rm(helperInput, { force: true });
+      const first = valid();
+      assert.equal((await post(client, first)).status, 200);
+      // The sandbox's own user renames it: a later refresh with the same identity (a wake, a resume) leaves that be.
+      await writeFile(options.hostnamePath, "renamed-by-user");
+      const again = { ...valid(), hostname: first.hostname, machineId: first.machineId };
+      const response = await post(client, again);
+      assert.equal(response.status, 200, response.body.toString());
+      assert.equal(JSON.parse(response.body.toString()).machineIdWritten, true, "reports what the last write did");
+      assert.equal(await readFile(options.hostnamePath, "utf8"), "renamed-by-user");
+      const lines = (await readFile(helperInput, "utf8")).trim().split("\n");
+      assert.equal(lines.length, 2, "the helper ran for both refreshes");
+      assert.equal(lines[1], `${again.epochMs} ${Buffer.from(again.entropy, "base64").toString("hex")}`);
+      // A new identity (a fork) is written again.
+      const fork = { ...valid(), hostname: "clone-8.sandbox", machineId: "fedcba9876543210fedcba9876543210" };
+      assert.equal((await post(client, fork)).status, 200);
+      assert.equal(await readFile(options.hostnamePath, "utf8"), fork.hostname);
+      assert.equal(await readFile(options.machineIdPath, "utf8"), `${fork.machineId}\n`);
+    }, createAgent({ identity: options })));
+
   it("rejects malformed requests with 400 and changes nothing", () =>
     withLoopback(async (client) => {
       await rm(helperInput, { force: true });

@@ -11,9 +11,9 @@ import { runSessionLoop } from "./transport/session-loop.js";
 process.on("uncaughtException", (error) => logProblem("uncaught exception", error));
 process.on("unhandledRejection", (reason) => logProblem("unhandled rejection", reason));
 
-// The system disk's layout is the engine's business: it tells the agent where the identity helper lives.
-const { values: args } = parseArgs({ options: { "identity-helper": { type: "string" } } });
-const agent = createAgent({ identity: { helperPath: args["identity-helper"] } });
+// The system disk's layout is the engine's business: it tells the agent where its helpers live.
+const { values: args } = parseArgs({ options: { "identity-helper": { type: "string" }, spawner: { type: "string" } } });
+const agent = createAgent({ identity: { helperPath: args["identity-helper"] }, spawnerPath: args.spawner });
 const { device, io } = await openAgentPort();
 agent.markServing(Number(readFileSync("/proc/uptime", "utf8").split(" ")[0]) * 1000);
 logProblem(`serving on ${device} (pid ${process.pid})`);

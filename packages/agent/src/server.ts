@@ -4,6 +4,7 @@ import { AGENT_LIMITS, AGENT_PROTOCOL_VERSION, AgentPath, type AgentHealth, type
 import { handleAttach, sendBackgroundCommands } from "./commands/background.js";
 import { Command, handleExec } from "./commands/exec.js";
 import type { CommandRegistry } from "./commands/registry.js";
+import type { Spawner } from "./commands/spawner.js";
 import { handleSignal } from "./commands/signal.js";
 import { receiveFileContent, sendFileContent } from "./files/content.js";
 import { sendList, sendStat } from "./files/metadata.js";
@@ -23,6 +24,7 @@ export interface AgentState {
   readonly timeline: { processStartMs: number; servingMs: number };
   readonly commands: CommandRegistry<Command>;
   readonly identity: IdentityRefresher;
+  readonly spawner: Spawner;
   readonly census: ProcessCensus;
   sessionIdOf(stream: ServerHttp2Stream): string;
 }
@@ -68,12 +70,12 @@ async function route(agent: AgentState, stream: ServerHttp2Stream, headers: Inco
       return sendJson(stream, 200, health(agent, stream));
     case AgentPath.exec:
       requireMethod(method, "POST");
-      return handleExec(stream, headers, agent.commands);
+      return handleExec(stream, headers, agent.commands, agent.spawner);
     case AgentPath.activity:
       requireMethod(method, "GET");
       return sendJson(stream, 200, {
         runningCommands: agent.commands.size,
-        otherProcesses: await agent.census.otherProcesses([process.pid, agent.identity.helperPid]),
+        otherProcesses: await agent.census.otherProcesses([process.pid, agent.identity.helperPid, ...agent.spawner.plumbingPids]),
       } satisfies GuestActivity);
     case AgentPath.commands:
       requireMethod(method, "GET");

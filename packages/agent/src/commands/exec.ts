@@ -1,4 +1,3 @@
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { stat } from "node:fs/promises";
 import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
@@ -10,6 +9,7 @@ import { Attachment, respondWithRecords } from "./attachment.js";
 import { signalProcessGroup } from "./process-group.js";
 import type { CommandRegistry, RegisteredCommand } from "./registry.js";
 import { parseExecSpecHeader } from "./spec.js";
+import { SpawnError, type SpawnedProcess, type Spawner } from "./spawner.js";
 import { UnknownUserError, resolveUser } from "./user.js";
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -28,12 +28,13 @@ export function handleExec(
   stream: ServerHttp2Stream,
   headers: IncomingHttpHeaders,
   registry: CommandRegistry<Command>,
+  spawner: Spawner,
 ): void {
   const spec = parseExecSpecHeader(headers[EXEC_SPEC_HEADER]);
   if (registry.isFull) {
     throw new RequestError(429, "too_many_commands", `at most ${registry.capacity} commands may run at once`);
   }
-  const command = new Command(spec, stream, registry);
+  const command = new Command(spec, stream, registry, spawner);
   respondWithRecords(stream, command.id);
   command.attach(stream);
   registry.add(command);
@@ -51,7 +52,7 @@ export class Command implements RegisteredCommand {
   readonly id = randomUUID();
   readonly startedAtMs = Date.now();
   readonly background: boolean;
-  #child: ChildProcess | undefined;
+  #child: SpawnedProcess | undefined;
   #timer: NodeJS.Timeout | undefined;
   #timedOut = false;
   #finished = false;
@@ -68,6 +69,7 @@ export class Command implements RegisteredCommand {
     /** The stream that started the command: its request body is the command's stdin. */
     private readonly execStream: ServerHttp2Stream,
     private readonly registry: CommandRegistry<Command>,
+    private readonly spawner: Spawner,
   ) {
     this.background = spec.background === true;
   }
@@ -111,34 +113,30 @@ export class Command implements RegisteredCommand {
     if (identity.name !== undefined) Object.assign(env, { USER: identity.name, LOGNAME: identity.name });
     Object.assign(env, spec.env);
 
-    let child: ChildProcess;
+    let child: SpawnedProcess;
     try {
-      child = spawn(file, args, {
+      child = await this.spawner.spawn({
+        file,
+        args,
         cwd: spec.cwd ?? "/",
         env,
         uid: identity.uid,
         gid: identity.gid,
-        detached: true,
-        stdio: [wantsStdin ? "pipe" : "ignore", "pipe", "pipe"],
+        stdin: wantsStdin,
       });
     } catch (error) {
-      // Synchronous failures: EPERM switching user, E2BIG, invalid arguments.
-      this.finishWithSpawnError(exitCannotExecute, describeSpawnError(error));
+      if (!(error instanceof SpawnError)) throw error;
+      const message = await this.#explainSpawnFailure(error);
+      this.finishWithSpawnError(error.code === "ENOENT" ? exitNotFound : exitCannotExecute, message);
       return;
     }
     this.#child = child;
-    child.on("error", (error: NodeJS.ErrnoException) => {
-      if (child.pid !== undefined) {
-        logProblem(`exec ${this.id}: child process error`, error);
-        return;
-      }
-      void this.#explainSpawnFailure(error).then((message) =>
-        this.finishWithSpawnError(error.code === "ENOENT" ? exitNotFound : exitCannotExecute, message),
-      );
-    });
-    if (child.pid === undefined) return; // the 'error' handler reports the failure
-
-    child.on("close", (exitCode: number | null, signal: NodeJS.Signals | null) => {
+    if (this.#cancelled) {
+      // The host left while the process was being started.
+      this.#killGroup();
+      this.#closePipes();
+    }
+    child.onClose((exitCode, signal) => {
       this.#finish({ exitCode: signal === null ? exitCode : null, signal, timedOut: this.#timedOut });
     });
     this.#forwardOutput(child.stdout, OutputKind.stdout);
@@ -256,7 +254,7 @@ export class Command implements RegisteredCommand {
     this.#finish({ exitCode, signal: null, timedOut: false, spawnError });
   }
 
-  async #explainSpawnFailure(error: NodeJS.ErrnoException): Promise<string> {
+  async #explainSpawnFailure(error: SpawnError): Promise<string> {
     // A missing cwd also surfaces as "spawn <file> ENOENT", which would blame the wrong thing.
     if (error.code === "ENOENT" && this.spec.cwd !== undefined) {
       const cwdMissing = await stat(this.spec.cwd).then(

@@ -35,6 +35,8 @@ export class IdentityRefresher {
   readonly #hostsPath: string;
   #previous: Promise<unknown> = Promise.resolve();
   #failure: unknown;
+  /** The names the last successful refresh set (see #apply). */
+  #applied: { hostname: string; machineId: string; machineIdWritten: boolean } | undefined;
 
   constructor(options: IdentityOptions = {}) {
     this.#helper = options.helperPath === undefined ? undefined : new IdentityHelper(options.helperPath);
@@ -81,14 +83,23 @@ export class IdentityRefresher {
 
   async #apply(epochMs: number, entropy: Buffer, hostname: string, machineId: string): Promise<IdentityResult> {
     if (this.#helper === undefined) throw new RequestError(500, "internal", "this agent has no identity helper");
-    // All three at once: a refresh sits between a clone's hand-out and its first command. If any step fails, the
+    // The names are written only when they change: a pool clone gets them when it is produced, and its hand-out (or
+    // a wake from idle sleep, or a resume) then pays only for the clock and the reseed, which must be fresh every
+    // time. This also leaves alone a hostname the sandbox's own user chose since. This agent's memory travels with
+    // every snapshot, so a fork (a new sandbox id) always differs from what it remembers.
+    const applied = this.#applied;
+    const namesChanged = applied?.hostname !== hostname || applied.machineId !== machineId;
+    // All steps at once: a refresh sits between a clone's hand-out and its first command. If any step fails, the
     // refresh fails and every later request is refused (see settled()), so a half-applied identity is never used.
     const [, , machineIdWritten] = await Promise.all([
       this.#helper.apply(epochMs, entropy),
-      writeFile(this.#hostnamePath, hostname),
-      this.#replaceEtcFile(this.#machineIdPath, async () => `${machineId}\n`, 0o444),
-      this.#replaceEtcFile(this.#hostsPath, async (current) => (current === undefined ? undefined : withOwnHostname(current, hostname)), 0o644),
+      namesChanged ? writeFile(this.#hostnamePath, hostname) : undefined,
+      namesChanged ? this.#replaceEtcFile(this.#machineIdPath, async () => `${machineId}\n`, 0o444) : applied.machineIdWritten,
+      namesChanged
+        ? this.#replaceEtcFile(this.#hostsPath, async (current) => (current === undefined ? undefined : withOwnHostname(current, hostname)), 0o644)
+        : undefined,
     ]);
+    this.#applied = { hostname, machineId, machineIdWritten };
     return { clockSetTo: epochMs, reseeded: true, hostname, machineId, machineIdWritten };
   }
 

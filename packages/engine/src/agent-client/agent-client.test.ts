@@ -8,7 +8,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Duplex, Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
-import { createAgent, type Agent, type AgentSession } from "@codecourier/agent";
+import { createAgent, type Agent, type AgentOptions, type AgentSession } from "@codecourier/agent";
+import { compileGuestHelper, guestHelper } from "../images/guest-helpers.js";
 import { AgentPath, EXEC_ID_HEADER, OutputKind, encodeRecord } from "@codecourier/protocol";
 import {
   AgentClient,
@@ -30,8 +31,25 @@ async function listen(server: Server, path: string): Promise<void> {
   });
 }
 
+/**
+ * The guest-spawner helper, compiled once for this file: commands start through it as they do in a guest (the
+ * agent's fallback, Node's own spawn, is covered by the agent package's tests).
+ */
+const spawnerDir = await mkdtemp(join(tmpdir(), "cc-spawner-"));
+after(() => rm(spawnerDir, { recursive: true, force: true }));
+let spawnerBinary: Promise<string> | undefined;
+function guestSpawner(): Promise<string> {
+  spawnerBinary ??= compileGuestHelper(guestHelper("guest-spawner"), join(spawnerDir, "guest-spawner")).then(() => join(spawnerDir, "guest-spawner"));
+  return spawnerBinary;
+}
+
+async function createGuestLikeAgent(options: AgentOptions = {}): Promise<Agent> {
+  return createAgent({ ...options, spawnerPath: await guestSpawner() });
+}
+
 /** The agent served in-process on a Unix socket, the way QEMU exposes the guest's port to the host. */
-async function startAgent(agent: Agent = createAgent()) {
+async function startAgent(given?: Agent) {
+  const agent = given ?? (await createGuestLikeAgent());
   const dir = await mkdtemp(join(tmpdir(), "cc-agent-test-"));
   const socketPath = join(dir, "agent.sock");
   const sessions: AgentSession[] = [];
@@ -110,6 +128,13 @@ describe("AgentClient against the in-process agent", () => {
     const shell = await client.run({ shell: "echo \"$GREETING\" from $(pwd); exit 7", env: { GREETING: "hi" }, cwd: "/tmp" });
     assert.equal(shell.stdout.toString(), "hi from /tmp\n");
     assert.equal(shell.exitCode, 7);
+  });
+
+  it("gives commands pipes for stdio, so /dev/stdout and /dev/stderr can be opened by name", async () => {
+    const result = await client.run({ shell: "echo out > /dev/stdout; echo err > /dev/stderr; cat /dev/stdin" }, { stdin: "in\n" });
+    assert.equal(result.stderr.toString(), "err\n");
+    assert.equal(result.stdout.toString(), "out\nin\n");
+    assert.equal(result.exitCode, 0);
   });
 
   it("reports death by signal", async () => {
@@ -337,7 +362,7 @@ describe("reconnecting", () => {
     // connection; so the host must not send anything that asks for one when it closes.
     const dir = await mkdtemp(join(tmpdir(), "cc-close-"));
     const socketPath = join(dir, "agent.sock");
-    const agent = createAgent();
+    const agent = await createGuestLikeAgent();
     const frameTypes: number[] = [];
     let hungUp!: () => void;
     const serverSawClose = new Promise<void>((resolve) => (hungUp = resolve));
@@ -760,7 +785,7 @@ describe("refreshIdentity", () => {
     await writeFile(helperPath, `#!/bin/sh\necho "$@" > ${dir}/args\nwhile read -r line; do echo "$line" >> ${dir}/requests; echo ok; done\n`);
     await chmod(helperPath, 0o755);
     const identity = { helperPath, hostnamePath: join(dir, "hostname"), machineIdPath: join(dir, "machine-id"), hostsPath: join(dir, "hosts") };
-    const harness = await startAgent(createAgent({ identity }));
+    const harness = await startAgent(await createGuestLikeAgent({ identity }));
     const client = await AgentClient.connect(harness.socketPath);
     try {
       const request = createIdentityRequest({ hostname: "clone-1" });

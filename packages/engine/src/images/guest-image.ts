@@ -11,7 +11,7 @@ import { Recipe, sha256File } from "./recipe.js";
 import { ensureGuestNode } from "./guest-node.js";
 import { buildFloorInitramfs, floorInitScript } from "./floor-initramfs.js";
 import { agentCommand, buildSystemDisk } from "./system-disk.js";
-import { GUEST_IDENTITY_HELPER, guestIdentityHelperSource } from "./guest-identity-helper.js";
+import { GUEST_HELPERS, GUEST_HELPER_COMPILER_ARGS, guestHelperSource } from "./guest-helpers.js";
 
 /** Everything needed to boot a guest: built, cached and content-addressed under the data dir. */
 export interface GuestImage {
@@ -111,8 +111,8 @@ export async function ensureGuestImage(log: BuildLog = () => {}): Promise<GuestI
   await systemRecipe.addFile("busybox", "/bin/busybox");
   await systemRecipe.addFile("node", nodeBinary);
   await systemRecipe.addFile("agent", agentBundle);
-  systemRecipe.add("identity-helper-flags", GUEST_IDENTITY_HELPER.compilerArgs.join(" "));
-  await systemRecipe.addFile("identity-helper", guestIdentityHelperSource());
+  systemRecipe.add("helper-flags", GUEST_HELPER_COMPILER_ARGS.join(" "));
+  for (const helper of GUEST_HELPERS) await systemRecipe.addFile(helper.name, guestHelperSource(helper));
   const systemDiskPath = await cached("system", systemRecipe.digest(), "system.ext4", log, (stage, out) =>
     buildSystemDisk({ stageDir: stage, outFile: out, nodeBinary, agentBundle }),
   );

@@ -3,7 +3,7 @@ import { basename, join } from "node:path";
 import { runTool } from "../util/run-tool.js";
 import { SYSTEM_DISK_LABEL, SYSTEM_MOUNT, stage2Script } from "./guest-scripts.js";
 import { makeExt4Image } from "./ext4.js";
-import { GUEST_IDENTITY_HELPER, compileGuestIdentityHelper, guestIdentityHelperPath } from "./guest-identity-helper.js";
+import { GUEST_HELPERS, compileGuestHelper, guestHelperDiskPath, guestHelperGuestPath } from "./guest-helpers.js";
 
 /** The agent runs from the system disk with its own dynamic loader and libraries, so any root filesystem works. */
 export const GUEST_NODE_FLAGS = [
@@ -23,8 +23,7 @@ export function agentCommand(): string {
     `${SYSTEM_MOUNT}/bin/node`,
     ...GUEST_NODE_FLAGS,
     `${SYSTEM_MOUNT}/agent/agent.mjs`,
-    "--identity-helper",
-    guestIdentityHelperPath,
+    ...GUEST_HELPERS.flatMap((helper) => [helper.agentOption, guestHelperGuestPath(helper)]),
   ].join(" ");
 }
 
@@ -41,7 +40,7 @@ async function sharedLibraries(binary: string): Promise<string[]> {
 
 /**
  * Builds the read-only system disk: static busybox, the Node runtime with its loader and libraries, the
- * bundled agent, its static identity helper and the stage-2 init script.
+ * bundled agent, its static helpers and the stage-2 init script.
  */
 export async function buildSystemDisk(opts: {
   stageDir: string;
@@ -58,7 +57,7 @@ export async function buildSystemDisk(opts: {
     await copyFile(await realpath(lib), join(stageDir, "lib", basename(lib)));
   }
   await copyFile(opts.agentBundle, join(stageDir, "agent/agent.mjs"));
-  await compileGuestIdentityHelper(join(stageDir, GUEST_IDENTITY_HELPER.diskPath));
+  for (const helper of GUEST_HELPERS) await compileGuestHelper(helper, join(stageDir, guestHelperDiskPath(helper)));
   await writeFile(join(stageDir, "stage2"), stage2Script(agentCommand()), { mode: 0o755 });
   await makeExt4Image({ sourceDir: stageDir, outFile: opts.outFile, label: SYSTEM_DISK_LABEL, journal: false });
 }
