@@ -1,6 +1,7 @@
 import { Command } from "commander";
 import { registerVmCommands } from "./commands/vm.js";
 import { registerInfoCommand } from "./commands/info.js";
+import { registerKeysCommands } from "./commands/keys.js";
 
 const program = new Command()
   .name("codecourier")
@@ -10,5 +11,6 @@ const program = new Command()
 
 registerVmCommands(program);
 registerInfoCommand(program);
+registerKeysCommands(program);
 
 await program.parseAsync(process.argv);

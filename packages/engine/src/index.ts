@@ -20,3 +20,15 @@ export { findEngineQemus } from "./sandboxes/host-qemu-scan.js";
 export { snapshotCompat, type SnapshotCompat } from "./snapshots/compat.js";
 export { saveDeviceState, saveMigrationStream, loadDeviceState, transferToReceiver, waitForMigration, MigrationError } from "./vmm/migration.js";
 export { qemuArgs, QEMU_BINARY, type MachineSpec, type GuestMemory } from "./vmm/machine.js";
+export {
+  ControlStore,
+  controlDatabasePath,
+  DEFAULT_TENANT_LIMITS,
+  InvalidTenantNameError,
+  KeyNotFoundError,
+  type Tenant,
+  type TenantLimits,
+  type ApiKeyInfo,
+} from "./control/control-store.js";
+export { SandboxService, type SandboxServiceOptions } from "./control/sandbox-service.js";
+export { buildApp, type AppContext } from "./server/app.js";

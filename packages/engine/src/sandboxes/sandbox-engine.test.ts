@@ -4,12 +4,11 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { copyFile, mkdir, mkdtemp, readdir, rm, symlink } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { dataDir } from "../config.js";
+import { isolatedDataDir } from "../testing/isolated-data-dir.js";
 import { ensureGuestImage, type GuestImage } from "../images/guest-image.js";
 import { runTool } from "../util/run-tool.js";
 import { DataDirLockedError } from "../state/data-dir-lock.js";
@@ -20,17 +19,6 @@ import { SandboxEngine, type RunningSandbox } from "./sandbox-engine.js";
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const sha256 = (data: Buffer) => createHash("sha256").update(data).digest("hex");
 const TEMPLATE_MEMORY_MIB = 256;
-
-/** A fresh data dir that shares the built guest images (and the accelerator probe) of the default one. */
-async function isolatedDataDir(): Promise<string> {
-  const shared = dataDir();
-  const home = await mkdtemp(join(tmpdir(), "ccsnap-"));
-  await mkdir(join(shared, "images"), { recursive: true });
-  await symlink(join(shared, "images"), join(home, "images"));
-  if (existsSync(join(shared, "downloads"))) await symlink(join(shared, "downloads"), join(home, "downloads"));
-  if (existsSync(join(shared, "accel.json"))) await copyFile(join(shared, "accel.json"), join(home, "accel.json"));
-  return home;
-}
 
 async function shell(sandbox: RunningSandbox, command: string): Promise<string> {
   const result = await sandbox.agent.run({ shell: command, stdin: false });
@@ -64,7 +52,7 @@ describe("snapshot engine with real VMs", () => {
 
   before(async () => {
     image = await ensureGuestImage(() => {});
-    home = await isolatedDataDir();
+    home = await isolatedDataDir("ccsnap-");
     process.env.CODECOURIER_HOME = home;
     engine = await SandboxEngine.open({ image, maxChainDepth: 4 });
     templateId = (await engine.createTemplate({ memoryMiB: TEMPLATE_MEMORY_MIB })).id;

@@ -1,17 +1,49 @@
-/** `npm start`: the CodeCourier server on its embedded defaults (local disk under CODECOURIER_HOME). */
+/** `npm start`: the CodeCourier server on its embedded defaults (SQLite and local disk under CODECOURIER_HOME). */
 import { dataDir, serverPort } from "../config.js";
+import { ControlStore, controlDatabasePath } from "../control/control-store.js";
+import { SandboxService } from "../control/sandbox-service.js";
 import { ensureGuestImage } from "../images/guest-image.js";
+import { SandboxEngine } from "../sandboxes/sandbox-engine.js";
 import { chooseAccelerator } from "../vmm/accel.js";
 import { buildApp } from "./app.js";
 
-const image = await ensureGuestImage((line) => process.stderr.write(`images: ${line}\n`));
+const log = (line: string) => process.stderr.write(`${line}\n`);
+const region = process.env.CODECOURIER_REGION ?? "local";
+const poolSize = Number(process.env.CODECOURIER_POOL_SIZE ?? "1");
+if (!Number.isInteger(poolSize) || poolSize < 0 || poolSize > 64) throw new Error(`CODECOURIER_POOL_SIZE must be 0..64, got ${process.env.CODECOURIER_POOL_SIZE}`);
+
+const image = await ensureGuestImage((line) => log(`images: ${line}`));
 const accel = await chooseAccelerator(image);
-const app = buildApp({ accel, image });
+const store = await ControlStore.openSqlite(controlDatabasePath());
+const engine = await SandboxEngine.open({ image, accel: accel.accel, poolSize });
+const sandboxes = new SandboxService(engine, store, { region });
+const app = buildApp({ accel, image, region, store, sandboxes, logError: log });
 const port = serverPort();
 await app.listen({ host: "127.0.0.1", port });
-process.stderr.write(
-  `CodeCourier listening on http://127.0.0.1:${port} (accelerator: ${accel.accel} — ${accel.reason}; data: ${dataDir()})\n`,
+log(`CodeCourier listening on http://127.0.0.1:${port} (accelerator: ${accel.accel} — ${accel.reason}; region ${region}; data: ${dataDir()})`);
+
+if ((await store.tenantCount()) === 0) {
+  // Shown once: only its hash is stored. More keys: `codecourier keys create --tenant NAME`.
+  const admin = await store.createKey("admin");
+  log(`first start: API key for tenant "admin" (shown once, keep it): ${admin.apiKey}`);
+}
+
+// The default template shape is made now, so that the first create does not wait for a cold boot.
+void sandboxes.templates.snapshotFor("base", 1, 1, 512).then(
+  () => log("template base (1 vCPU, 512 MB) ready"),
+  (error: unknown) => log(`template base could not be made: ${String(error)}`),
 );
-const shutdown = () => void app.close().finally(() => process.exit(0));
+
+let closing = false;
+const shutdown = () => {
+  if (closing) return;
+  closing = true;
+  sandboxes.close();
+  void app
+    .close()
+    .then(() => engine.close())
+    .then(() => store.close())
+    .finally(() => process.exit(0));
+};
 process.once("SIGINT", shutdown);
 process.once("SIGTERM", shutdown);

@@ -1,0 +1,343 @@
+import Database from "better-sqlite3";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { dataDir } from "../config.js";
+import { Kysely, SqliteDialect, sql, type Dialect } from "kysely";
+
+/**
+ * The control plane's records: tenants, their API keys, which tenant owns which sandbox, and template names. Kept
+ * behind Kysely so the same queries run on the embedded SQLite and, for fleets, on Postgres. Separate from the
+ * engine's own tables (state/database.ts), which describe one host's VMs and files.
+ */
+export interface ControlTables {
+  tenants: {
+    id: string;
+    name: string;
+    max_sandboxes: number;
+    max_cpus: number;
+    max_memory_mb: number;
+    created_at: number;
+  };
+  api_keys: {
+    id: string;
+    tenant_id: string;
+    /** sha256 of the key: keys are 256 random bits, so a fast hash is enough and a lookup by hash is safe. */
+    key_hash: string;
+    /** The key's first characters, to recognise it in listings. */
+    prefix: string;
+    created_at: number;
+    revoked_at: number | null;
+  };
+  sandbox_owners: {
+    sandbox_id: string;
+    tenant_id: string;
+    template: string;
+    /** JSON object of string → string. */
+    metadata: string;
+    /** JSON object: environment variables every command in the sandbox gets. */
+    env: string;
+    region: string;
+    cpus: number;
+    memory_mb: number;
+    created_at: number;
+    timeout_at: number | null;
+    on_timeout: "kill" | "pause";
+  };
+  /** A template name's saved snapshot for one VM shape: a clone has its template's vCPUs and RAM. */
+  templates: {
+    name: string;
+    version: number;
+    cpus: number;
+    memory_mb: number;
+    snapshot_id: string;
+    created_at: number;
+  };
+  snapshot_owners: {
+    snapshot_id: string;
+    tenant_id: string;
+    sandbox_id: string;
+    created_at: number;
+  };
+}
+
+export type SandboxOwnerRow = ControlTables["sandbox_owners"];
+
+export interface Tenant {
+  id: string;
+  name: string;
+  limits: TenantLimits;
+}
+
+export interface TenantLimits {
+  maxSandboxes: number;
+  maxCpus: number;
+  maxMemoryMB: number;
+}
+
+export interface ApiKeyInfo {
+  keyId: string;
+  tenant: string;
+  prefix: string;
+  createdAt: string;
+  revokedAt: string | null;
+}
+
+export const DEFAULT_TENANT_LIMITS: TenantLimits = { maxSandboxes: 50, maxCpus: 4, maxMemoryMB: 4096 };
+
+/** The control plane's embedded database: its own file, so `codecourier keys` works while the server runs. */
+export function controlDatabasePath(): string {
+  return join(dataDir(), "control.db");
+}
+
+const KEY_PREFIX = "cc_";
+const tenantNamePattern = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+export class InvalidTenantNameError extends Error {
+  constructor(name: string) {
+    super(`tenant name ${JSON.stringify(name.slice(0, 80))} is not valid: use 1-63 of a-z 0-9 _ - (starting with a letter or digit)`);
+    this.name = "InvalidTenantNameError";
+  }
+}
+
+export class KeyNotFoundError extends Error {
+  constructor(key: string) {
+    super(`no API key ${JSON.stringify(key.slice(0, 80))} (give its id, as listed by \`codecourier keys list\`)`);
+    this.name = "KeyNotFoundError";
+  }
+}
+
+const hashKey = (apiKey: string) => createHash("sha256").update(apiKey).digest("hex");
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+
+export class ControlStore {
+  private constructor(readonly db: Kysely<ControlTables>) {}
+
+  /** The embedded default: a SQLite file (WAL, so the CLI can manage keys while the server runs). */
+  static async openSqlite(path: string): Promise<ControlStore> {
+    mkdirSync(dirname(path), { recursive: true });
+    const database = new Database(path);
+    database.pragma("journal_mode = WAL");
+    database.pragma("busy_timeout = 5000");
+    return ControlStore.open(new SqliteDialect({ database }));
+  }
+
+  static async open(dialect: Dialect): Promise<ControlStore> {
+    const store = new ControlStore(new Kysely<ControlTables>({ dialect }));
+    await store.#migrate();
+    return store;
+  }
+
+  async close(): Promise<void> {
+    await this.db.destroy();
+  }
+
+  async #migrate(): Promise<void> {
+    const { schema } = this.db;
+    await schema
+      .createTable("tenants")
+      .ifNotExists()
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("name", "text", (c) => c.notNull().unique())
+      .addColumn("max_sandboxes", "integer", (c) => c.notNull())
+      .addColumn("max_cpus", "integer", (c) => c.notNull())
+      .addColumn("max_memory_mb", "integer", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .execute();
+    await schema
+      .createTable("api_keys")
+      .ifNotExists()
+      .addColumn("id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("key_hash", "text", (c) => c.notNull().unique())
+      .addColumn("prefix", "text", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("revoked_at", "bigint")
+      .execute();
+    await schema
+      .createTable("sandbox_owners")
+      .ifNotExists()
+      .addColumn("sandbox_id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("template", "text", (c) => c.notNull())
+      .addColumn("metadata", "text", (c) => c.notNull())
+      .addColumn("env", "text", (c) => c.notNull())
+      .addColumn("region", "text", (c) => c.notNull())
+      .addColumn("cpus", "integer", (c) => c.notNull())
+      .addColumn("memory_mb", "integer", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("timeout_at", "bigint")
+      .addColumn("on_timeout", "text", (c) => c.notNull())
+      .execute();
+    await schema.createIndex("sandbox_owners_tenant").ifNotExists().on("sandbox_owners").columns(["tenant_id", "created_at"]).execute();
+    await schema
+      .createTable("templates")
+      .ifNotExists()
+      .addColumn("name", "text", (c) => c.notNull())
+      .addColumn("version", "integer", (c) => c.notNull())
+      .addColumn("cpus", "integer", (c) => c.notNull())
+      .addColumn("memory_mb", "integer", (c) => c.notNull())
+      .addColumn("snapshot_id", "text", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addPrimaryKeyConstraint("templates_pk", ["name", "version", "cpus", "memory_mb"])
+      .execute();
+    await schema
+      .createTable("snapshot_owners")
+      .ifNotExists()
+      .addColumn("snapshot_id", "text", (c) => c.primaryKey())
+      .addColumn("tenant_id", "text", (c) => c.notNull().references("tenants.id"))
+      .addColumn("sandbox_id", "text", (c) => c.notNull())
+      .addColumn("created_at", "bigint", (c) => c.notNull())
+      .execute();
+  }
+
+  async tenantByName(name: string): Promise<Tenant | undefined> {
+    const row = await this.db.selectFrom("tenants").selectAll().where("name", "=", name).executeTakeFirst();
+    return row && toTenant(row);
+  }
+
+  async tenantCount(): Promise<number> {
+    const row = await this.db.selectFrom("tenants").select((eb) => eb.fn.countAll<number>().as("n")).executeTakeFirstOrThrow();
+    return Number(row.n);
+  }
+
+  /** The tenant of that name, created with the default limits if it does not exist yet. */
+  async ensureTenant(name: string, limits: TenantLimits = DEFAULT_TENANT_LIMITS): Promise<Tenant> {
+    if (!tenantNamePattern.test(name)) throw new InvalidTenantNameError(name);
+    await this.db
+      .insertInto("tenants")
+      .values({
+        id: `ten_${randomBytes(8).toString("hex")}`,
+        name,
+        max_sandboxes: limits.maxSandboxes,
+        max_cpus: limits.maxCpus,
+        max_memory_mb: limits.maxMemoryMB,
+        created_at: Date.now(),
+      })
+      .onConflict((oc) => oc.column("name").doNothing())
+      .execute();
+    return (await this.tenantByName(name))!;
+  }
+
+  /** A new API key for the tenant (created if needed). The key itself is returned once and stored only hashed. */
+  async createKey(tenantName: string): Promise<{ apiKey: string; keyId: string; tenant: string }> {
+    const tenant = await this.ensureTenant(tenantName);
+    const apiKey = `${KEY_PREFIX}${randomBytes(32).toString("base64url")}`;
+    const keyId = `key_${randomBytes(8).toString("hex")}`;
+    await this.db
+      .insertInto("api_keys")
+      .values({ id: keyId, tenant_id: tenant.id, key_hash: hashKey(apiKey), prefix: apiKey.slice(0, 10), created_at: Date.now(), revoked_at: null })
+      .execute();
+    return { apiKey, keyId, tenant: tenant.name };
+  }
+
+  async listKeys(): Promise<ApiKeyInfo[]> {
+    const rows = await this.db
+      .selectFrom("api_keys")
+      .innerJoin("tenants", "tenants.id", "api_keys.tenant_id")
+      .select(["api_keys.id", "tenants.name", "api_keys.prefix", "api_keys.created_at", "api_keys.revoked_at"])
+      .orderBy("api_keys.created_at")
+      .execute();
+    return rows.map((r) => ({ keyId: r.id, tenant: r.name, prefix: r.prefix, createdAt: iso(Number(r.created_at))!, revokedAt: iso(r.revoked_at === null ? null : Number(r.revoked_at)) }));
+  }
+
+  /** Revokes a key by its id; a revoked key is refused from then on. Revoking twice is not an error. */
+  async revokeKey(keyId: string): Promise<void> {
+    const result = await this.db
+      .updateTable("api_keys")
+      .set({ revoked_at: sql<number>`coalesce(revoked_at, ${Date.now()})` })
+      .where("id", "=", keyId)
+      .executeTakeFirst();
+    if (Number(result.numUpdatedRows) === 0) throw new KeyNotFoundError(keyId);
+  }
+
+  /** The tenant an API key belongs to, or undefined for an unknown or revoked key. */
+  async authenticate(apiKey: string): Promise<Tenant | undefined> {
+    if (!apiKey.startsWith(KEY_PREFIX) || apiKey.length > 200) return undefined;
+    const row = await this.db
+      .selectFrom("api_keys")
+      .innerJoin("tenants", "tenants.id", "api_keys.tenant_id")
+      .selectAll("tenants")
+      .where("api_keys.key_hash", "=", hashKey(apiKey))
+      .where("api_keys.revoked_at", "is", null)
+      .executeTakeFirst();
+    return row && toTenant(row);
+  }
+
+  // ——— sandboxes and snapshots by tenant ———
+
+  async recordSandbox(row: SandboxOwnerRow): Promise<void> {
+    await this.db.insertInto("sandbox_owners").values(row).execute();
+  }
+
+  /** The sandbox's record if `tenantId` owns it; another tenant's sandbox is indistinguishable from none. */
+  async ownedSandbox(tenantId: string, sandboxId: string): Promise<SandboxOwnerRow | undefined> {
+    return this.db.selectFrom("sandbox_owners").selectAll().where("tenant_id", "=", tenantId).where("sandbox_id", "=", sandboxId).executeTakeFirst();
+  }
+
+  /** A tenant's sandboxes, newest first, `limit` after the cursor (created_at, sandbox_id of the last row seen). */
+  async ownedSandboxes(tenantId: string, after?: { createdAt: number; sandboxId: string }): Promise<SandboxOwnerRow[]> {
+    let query = this.db.selectFrom("sandbox_owners").selectAll().where("tenant_id", "=", tenantId);
+    if (after) {
+      query = query.where((eb) =>
+        eb.or([eb("created_at", "<", after.createdAt), eb.and([eb("created_at", "=", after.createdAt), eb("sandbox_id", "<", after.sandboxId)])]),
+      );
+    }
+    return query.orderBy("created_at", "desc").orderBy("sandbox_id", "desc").execute();
+  }
+
+  async setSandboxTimeout(sandboxId: string, timeoutAt: number | null): Promise<void> {
+    await this.db.updateTable("sandbox_owners").set({ timeout_at: timeoutAt }).where("sandbox_id", "=", sandboxId).execute();
+  }
+
+  /** Sandboxes whose timeout has passed (the caller checks whether they still run). */
+  async timedOutSandboxes(now: number): Promise<SandboxOwnerRow[]> {
+    return this.db.selectFrom("sandbox_owners").selectAll().where("timeout_at", "is not", null).where("timeout_at", "<=", now).execute();
+  }
+
+  async recordSnapshot(snapshotId: string, tenantId: string, sandboxId: string): Promise<void> {
+    await this.db.insertInto("snapshot_owners").values({ snapshot_id: snapshotId, tenant_id: tenantId, sandbox_id: sandboxId, created_at: Date.now() }).execute();
+  }
+
+  async ownedSnapshot(tenantId: string, snapshotId: string): Promise<ControlTables["snapshot_owners"] | undefined> {
+    return this.db.selectFrom("snapshot_owners").selectAll().where("tenant_id", "=", tenantId).where("snapshot_id", "=", snapshotId).executeTakeFirst();
+  }
+
+  async ownedSnapshots(tenantId: string): Promise<Array<ControlTables["snapshot_owners"]>> {
+    return this.db.selectFrom("snapshot_owners").selectAll().where("tenant_id", "=", tenantId).orderBy("created_at", "desc").execute();
+  }
+
+  async forgetSnapshot(snapshotId: string): Promise<void> {
+    await this.db.deleteFrom("snapshot_owners").where("snapshot_id", "=", snapshotId).execute();
+  }
+
+  // ——— templates ———
+
+  async templateSnapshot(name: string, version: number, cpus: number, memoryMB: number): Promise<string | undefined> {
+    const row = await this.db
+      .selectFrom("templates")
+      .select("snapshot_id")
+      .where("name", "=", name)
+      .where("version", "=", version)
+      .where("cpus", "=", cpus)
+      .where("memory_mb", "=", memoryMB)
+      .executeTakeFirst();
+    return row?.snapshot_id;
+  }
+
+  async recordTemplate(name: string, version: number, cpus: number, memoryMB: number, snapshotId: string): Promise<void> {
+    await this.db
+      .insertInto("templates")
+      .values({ name, version, cpus, memory_mb: memoryMB, snapshot_id: snapshotId, created_at: Date.now() })
+      .onConflict((oc) => oc.columns(["name", "version", "cpus", "memory_mb"]).doUpdateSet({ snapshot_id: snapshotId }))
+      .execute();
+  }
+}
+
+function toTenant(row: ControlTables["tenants"]): Tenant {
+  return {
+    id: row.id,
+    name: row.name,
+    limits: { maxSandboxes: Number(row.max_sandboxes), maxCpus: Number(row.max_cpus), maxMemoryMB: Number(row.max_memory_mb) },
+  };
+}

@@ -1,0 +1,309 @@
+import {
+  CreateSandboxRequestSchema,
+  ListSandboxesQuerySchema,
+  RunCommandRequestSchema,
+  type ApiCommandResult,
+  type ApiSandbox,
+  type ApiSandboxList,
+  type ApiSandboxState,
+} from "@codecourier/protocol/api";
+import type { z } from "zod";
+import type { SandboxEngine } from "../sandboxes/sandbox-engine.js";
+import { SandboxNotFoundError } from "../sandboxes/errors.js";
+import { ApiError, notFound } from "../server/api-error.js";
+import type { ControlStore, SandboxOwnerRow, Tenant } from "./control-store.js";
+import { TemplateCatalog } from "./template-catalog.js";
+
+export interface SandboxServiceOptions {
+  /** The region this host serves; a create naming another is refused. */
+  region: string;
+  /** How often timed-out sandboxes are looked for. Default 1000 ms. */
+  timeoutSweepMs?: number;
+}
+
+const DEFAULT_CPUS = 1;
+const DEFAULT_MEMORY_MB = 512;
+const LIVE_STATES: ApiSandboxState[] = ["running", "paused"];
+
+/**
+ * The API's view of sandboxes: every operation is scoped to the calling tenant (another tenant's sandbox is "not
+ * found", never "forbidden", so ids leak nothing), requests are checked against the tenant's limits before
+ * anything is created, and sandboxes past their timeout are killed or paused.
+ */
+export class SandboxService {
+  readonly templates: TemplateCatalog;
+  readonly #sweeper: NodeJS.Timeout;
+  #sweeping = false;
+
+  constructor(
+    private readonly engine: SandboxEngine,
+    private readonly store: ControlStore,
+    private readonly options: SandboxServiceOptions,
+  ) {
+    this.templates = new TemplateCatalog(engine, store);
+    this.#sweeper = setInterval(() => void this.sweepTimeouts(), options.timeoutSweepMs ?? 1000);
+    this.#sweeper.unref();
+  }
+
+  close(): void {
+    clearInterval(this.#sweeper);
+  }
+
+  async create(tenant: Tenant, body: unknown): Promise<ApiSandbox> {
+    const request = CreateSandboxRequestSchema.parse(body);
+    if (request.region !== undefined && request.region !== this.options.region) {
+      throw new ApiError("bad_request", `this server serves region ${this.options.region}, not ${request.region}`);
+    }
+    const { name, version } = TemplateCatalog.resolveName(request.template);
+    const cpus = request.cpu ?? DEFAULT_CPUS;
+    const memoryMB = request.memoryMB ?? DEFAULT_MEMORY_MB;
+    const { limits } = tenant;
+    if (cpus > limits.maxCpus) throw new ApiError("quota_exceeded", `cpu ${cpus} is over this tenant's limit of ${limits.maxCpus}`);
+    if (memoryMB > limits.maxMemoryMB) {
+      throw new ApiError("quota_exceeded", `memoryMB ${memoryMB} is over this tenant's limit of ${limits.maxMemoryMB}`);
+    }
+    const live = (await this.store.ownedSandboxes(tenant.id)).filter((row) => LIVE_STATES.includes(this.#state(row.sandbox_id)));
+    if (live.length >= limits.maxSandboxes) {
+      throw new ApiError("quota_exceeded", `this tenant already has ${live.length} sandboxes, its limit; kill some first`);
+    }
+
+    const snapshotId = await this.templates.snapshotFor(name, version, cpus, memoryMB);
+    const sandbox = await this.engine.create(snapshotId);
+    const now = Date.now();
+    const row: SandboxOwnerRow = {
+      sandbox_id: sandbox.id,
+      tenant_id: tenant.id,
+      template: `${name}@${version}`,
+      metadata: JSON.stringify(request.metadata ?? {}),
+      env: JSON.stringify(request.env ?? {}),
+      region: this.options.region,
+      cpus,
+      memory_mb: memoryMB,
+      created_at: now,
+      timeout_at: request.timeoutMs === undefined ? null : now + request.timeoutMs,
+      on_timeout: request.onTimeout,
+    };
+    try {
+      await this.store.recordSandbox(row);
+    } catch (error) {
+      // Nothing half-created: a sandbox nobody owns would run forever.
+      await this.engine.kill(sandbox.id).catch(() => {});
+      throw error;
+    }
+    return this.#toApi(row);
+  }
+
+  async get(tenant: Tenant, sandboxId: string): Promise<ApiSandbox> {
+    return this.#toApi(await this.#owned(tenant, sandboxId));
+  }
+
+  async list(tenant: Tenant, query: unknown): Promise<ApiSandboxList> {
+    const { state, limit, cursor, ...rest } = ListSandboxesQuerySchema.parse(query);
+    const metadataFilter = Object.entries(rest)
+      .filter(([key]) => key.startsWith("metadata."))
+      .map(([key, value]) => [key.slice("metadata.".length), String(value)] as const);
+    const after = cursor === undefined ? undefined : decodeCursor(cursor);
+    const wanted = state === undefined ? LIVE_STATES : [state];
+    const page: ApiSandbox[] = [];
+    let last: SandboxOwnerRow | undefined;
+    let more = false;
+    for (const row of await this.store.ownedSandboxes(tenant.id, after)) {
+      const sandbox = this.#toApi(row);
+      if (!wanted.includes(sandbox.state)) continue;
+      if (metadataFilter.some(([key, value]) => sandbox.metadata[key] !== value)) continue;
+      if (page.length === limit) {
+        more = true;
+        break;
+      }
+      page.push(sandbox);
+      last = row;
+    }
+    return { sandboxes: page, nextCursor: more && last ? encodeCursor(last) : null };
+  }
+
+  async kill(tenant: Tenant, sandboxId: string): Promise<void> {
+    await this.#owned(tenant, sandboxId);
+    await this.engine.kill(sandboxId);
+    await this.store.setSandboxTimeout(sandboxId, null);
+  }
+
+  async setTimeout(tenant: Tenant, sandboxId: string, timeoutMs: number): Promise<ApiSandbox> {
+    const row = await this.#owned(tenant, sandboxId);
+    this.#requireLive(row);
+    await this.store.setSandboxTimeout(sandboxId, Date.now() + timeoutMs);
+    return this.get(tenant, sandboxId);
+  }
+
+  async runCommand(tenant: Tenant, sandboxId: string, body: unknown): Promise<ApiCommandResult> {
+    const request = RunCommandRequestSchema.parse(body) as z.output<typeof RunCommandRequestSchema>;
+    const row = await this.#owned(tenant, sandboxId);
+    const running = await this.#running(row);
+    const env = { ...(JSON.parse(row.env) as Record<string, string>), ...request.env };
+    const result = await running.agent.run(
+      {
+        ...(request.argv ? { argv: request.argv } : { shell: request.cmd }),
+        cwd: request.cwd,
+        env,
+        user: request.user,
+        timeoutMs: request.timeoutMs,
+        stdin: request.stdin !== undefined,
+      },
+      { stdin: request.stdin },
+    );
+    return {
+      exitCode: result.exitCode,
+      signal: result.signal,
+      timedOut: result.timedOut,
+      stdout: result.stdout.toString("utf8"),
+      stderr: result.stderr.toString("utf8"),
+    };
+  }
+
+  async snapshot(tenant: Tenant, sandboxId: string): Promise<{ snapshotId: string }> {
+    await this.#owned(tenant, sandboxId);
+    const snapshot = await this.engine.snapshot(sandboxId);
+    await this.store.recordSnapshot(snapshot.id, tenant.id, sandboxId);
+    return { snapshotId: snapshot.id };
+  }
+
+  async pause(tenant: Tenant, sandboxId: string): Promise<ApiSandbox> {
+    await this.#owned(tenant, sandboxId);
+    await this.engine.pause(sandboxId);
+    return this.get(tenant, sandboxId);
+  }
+
+  async resume(tenant: Tenant, sandboxId: string): Promise<ApiSandbox> {
+    await this.#owned(tenant, sandboxId);
+    await this.engine.resume(sandboxId);
+    return this.get(tenant, sandboxId);
+  }
+
+  /** For SDK connect(): a paused sandbox is resumed; a running one is returned as it is. */
+  async connect(tenant: Tenant, sandboxId: string): Promise<ApiSandbox> {
+    const row = await this.#owned(tenant, sandboxId);
+    this.#requireLive(row);
+    if (this.#state(sandboxId) === "paused") await this.engine.resume(sandboxId);
+    return this.#toApi(row);
+  }
+
+  /** `count` new sandboxes of this tenant from one of its snapshots, or from a running sandbox (snapshotted first). */
+  async fork(tenant: Tenant, sourceId: string, count: number): Promise<ApiSandbox[]> {
+    let snapshotId: string;
+    let template: SandboxOwnerRow;
+    const ownedSnapshot = await this.store.ownedSnapshot(tenant.id, sourceId);
+    if (ownedSnapshot) {
+      snapshotId = sourceId;
+      template = await this.#owned(tenant, ownedSnapshot.sandbox_id);
+    } else {
+      template = await this.#owned(tenant, sourceId);
+      snapshotId = (await this.snapshot(tenant, sourceId)).snapshotId;
+    }
+    const live = (await this.store.ownedSandboxes(tenant.id)).filter((row) => LIVE_STATES.includes(this.#state(row.sandbox_id)));
+    if (live.length + count > tenant.limits.maxSandboxes) {
+      throw new ApiError("quota_exceeded", `forking ${count} would exceed this tenant's limit of ${tenant.limits.maxSandboxes} sandboxes`);
+    }
+    const forks = await this.engine.fork(snapshotId, count);
+    const now = Date.now();
+    const rows = forks.map((sandbox): SandboxOwnerRow => ({ ...template, sandbox_id: sandbox.id, created_at: now, timeout_at: null, on_timeout: "kill" }));
+    for (const row of rows) await this.store.recordSandbox(row);
+    return rows.map((row) => this.#toApi(row));
+  }
+
+  async listSnapshots(tenant: Tenant): Promise<Array<{ snapshotId: string; sandboxId: string; createdAt: string }>> {
+    const rows = await this.store.ownedSnapshots(tenant.id);
+    return rows
+      .filter((row) => this.#snapshotExists(row.snapshot_id))
+      .map((row) => ({ snapshotId: row.snapshot_id, sandboxId: row.sandbox_id, createdAt: new Date(Number(row.created_at)).toISOString() }));
+  }
+
+  async deleteSnapshot(tenant: Tenant, snapshotId: string): Promise<void> {
+    const row = await this.store.ownedSnapshot(tenant.id, snapshotId);
+    if (!row || !this.#snapshotExists(snapshotId)) throw notFound(`no snapshot ${snapshotId}`);
+    await this.engine.deleteSnapshot(snapshotId);
+    await this.store.forgetSnapshot(snapshotId);
+  }
+
+  /** Kills or pauses every sandbox past its timeout. Runs on a timer; one sweep at a time. */
+  async sweepTimeouts(): Promise<void> {
+    if (this.#sweeping) return;
+    this.#sweeping = true;
+    try {
+      for (const row of await this.store.timedOutSandboxes(Date.now())) {
+        const state = this.#state(row.sandbox_id);
+        try {
+          if (state === "running" && row.on_timeout === "pause") await this.engine.pause(row.sandbox_id);
+          else if (state === "running" || (state === "paused" && row.on_timeout === "kill")) await this.engine.kill(row.sandbox_id);
+        } catch (error) {
+          if (!(error instanceof SandboxNotFoundError)) process.emitWarning(`timeout of sandbox ${row.sandbox_id}: ${String(error)}`);
+        }
+        await this.store.setSandboxTimeout(row.sandbox_id, null);
+      }
+    } finally {
+      this.#sweeping = false;
+    }
+  }
+
+  async #owned(tenant: Tenant, sandboxId: string): Promise<SandboxOwnerRow> {
+    const row = await this.store.ownedSandbox(tenant.id, sandboxId);
+    if (!row) throw notFound(`no sandbox ${sandboxId}`);
+    return row;
+  }
+
+  #requireLive(row: SandboxOwnerRow): void {
+    if (!LIVE_STATES.includes(this.#state(row.sandbox_id))) throw new ApiError("not_found", `sandbox ${row.sandbox_id} is no longer running`);
+  }
+
+  async #running(row: SandboxOwnerRow) {
+    this.#requireLive(row);
+    // Commands auto-resume a paused sandbox, as connect does.
+    if (this.#state(row.sandbox_id) === "paused") return this.engine.resume(row.sandbox_id);
+    return this.engine.sandbox(row.sandbox_id);
+  }
+
+  #state(sandboxId: string): ApiSandboxState {
+    try {
+      const state = this.engine.sandboxInfo(sandboxId).state;
+      return state === "running" || state === "paused" || state === "lost" ? state : state === "creating" ? "running" : "stopped";
+    } catch {
+      return "stopped";
+    }
+  }
+
+  #snapshotExists(snapshotId: string): boolean {
+    try {
+      this.engine.snapshotInfo(snapshotId);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  #toApi(row: SandboxOwnerRow): ApiSandbox {
+    return {
+      sandboxId: row.sandbox_id,
+      template: row.template,
+      state: this.#state(row.sandbox_id),
+      cpu: Number(row.cpus),
+      memoryMB: Number(row.memory_mb),
+      metadata: JSON.parse(row.metadata) as Record<string, string>,
+      region: row.region,
+      createdAt: new Date(Number(row.created_at)).toISOString(),
+      timeoutAt: row.timeout_at === null ? null : new Date(Number(row.timeout_at)).toISOString(),
+      onTimeout: row.on_timeout,
+    };
+  }
+}
+
+function encodeCursor(row: SandboxOwnerRow): string {
+  return Buffer.from(JSON.stringify([Number(row.created_at), row.sandbox_id])).toString("base64url");
+}
+
+function decodeCursor(cursor: string): { createdAt: number; sandboxId: string } {
+  try {
+    const [createdAt, sandboxId] = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8")) as [unknown, unknown];
+    if (typeof createdAt === "number" && typeof sandboxId === "string") return { createdAt, sandboxId };
+  } catch {
+    // Falls through to the error below.
+  }
+  throw new ApiError("bad_request", "cursor is not one this server gave out");
+}

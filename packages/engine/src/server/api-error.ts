@@ -1,0 +1,52 @@
+import { API_ERROR_CODES, type ApiErrorCode } from "@codecourier/protocol/api";
+import { ZodError } from "zod";
+import {
+  InvalidRequestError,
+  SandboxError,
+  SandboxNotFoundError,
+  SandboxStateError,
+  SnapshotInUseError,
+  SnapshotNotFoundError,
+} from "../sandboxes/errors.js";
+
+/** An error the API answers with `{ "error": { "code", "message" } }` and the code's HTTP status. */
+export class ApiError extends Error {
+  readonly status: number;
+
+  constructor(
+    readonly code: ApiErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = "ApiError";
+    this.status = API_ERROR_CODES[code];
+  }
+}
+
+export const notFound = (what: string) => new ApiError("not_found", what);
+
+/**
+ * What the client is told about any error. Engine errors keep their message (they say what to do); anything
+ * unexpected becomes a generic 500 so that no internal detail (paths, stack) leaks; the caller logs it.
+ */
+export function toApiError(error: unknown): { apiError: ApiError; unexpected: boolean } {
+  if (error instanceof ApiError) return { apiError: error, unexpected: false };
+  if (error instanceof ZodError) {
+    const issues = error.issues.map((issue) => `${issue.path.join(".") || "body"}: ${issue.message}`).join("; ");
+    return { apiError: new ApiError("bad_request", issues), unexpected: false };
+  }
+  if (error instanceof SandboxNotFoundError || error instanceof SnapshotNotFoundError) {
+    return { apiError: new ApiError("not_found", error.message), unexpected: false };
+  }
+  if (error instanceof SandboxStateError || error instanceof SnapshotInUseError) {
+    return { apiError: new ApiError("conflict", error.message), unexpected: false };
+  }
+  if (error instanceof InvalidRequestError) return { apiError: new ApiError("bad_request", error.message), unexpected: false };
+  if (error instanceof SandboxError) return { apiError: new ApiError("internal", error.message), unexpected: true };
+  const fastify = error as { statusCode?: number; code?: string; message?: string; validation?: unknown };
+  if (fastify.statusCode === 413) return { apiError: new ApiError("payload_too_large", "the request body is too large"), unexpected: false };
+  if (fastify.validation !== undefined || (fastify.statusCode !== undefined && fastify.statusCode >= 400 && fastify.statusCode < 500)) {
+    return { apiError: new ApiError("bad_request", fastify.message ?? "bad request"), unexpected: false };
+  }
+  return { apiError: new ApiError("internal", "internal error; see the server log"), unexpected: true };
+}

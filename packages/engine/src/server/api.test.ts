@@ -1,0 +1,242 @@
+// The HTTP API against a real server process (npm start's entry point) with real VMs, in its own data dir:
+// health and OpenAPI without a key, keys from the CLI, tenant isolation, bad input, timeouts.
+import assert from "node:assert/strict";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { rm } from "node:fs/promises";
+import { createServer } from "node:net";
+import { dirname, join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { isolatedDataDir } from "../testing/isolated-data-dir.js";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const serverMain = join(here, "main.js");
+const cliMain = join(here, "..", "..", "..", "cli", "bin", "codecourier.js");
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port"))));
+    });
+  });
+}
+
+interface Answer {
+  status: number;
+  body: any; // eslint-disable-line @typescript-eslint/no-explicit-any -- JSON of many shapes, checked field by field
+}
+
+describe("control-plane API (real server, real VMs)", () => {
+  let home: string;
+  let server: ChildProcess;
+  let base: string;
+  let serverLog = "";
+  let adminKey: string;
+  let keyA: string;
+  let keyB: string;
+
+  const cli = (...args: string[]) => {
+    const result = spawnSync(process.execPath, [cliMain, ...args], { env: { ...process.env, CODECOURIER_HOME: home }, encoding: "utf8" });
+    assert.equal(result.status, 0, `codecourier ${args.join(" ")}: ${result.stderr}`);
+    return result.stdout;
+  };
+
+  const call = async (method: string, path: string, key: string | undefined, body?: unknown, rawBody?: string): Promise<Answer> => {
+    const headers: Record<string, string> = {};
+    if (key !== undefined) headers.authorization = `Bearer ${key}`;
+    if (body !== undefined || rawBody !== undefined) headers["content-type"] = "application/json";
+    const response = await fetch(`${base}${path}`, { method, headers, body: rawBody ?? (body === undefined ? undefined : JSON.stringify(body)) });
+    const text = await response.text();
+    return { status: response.status, body: text === "" ? undefined : JSON.parse(text) };
+  };
+
+  before(async () => {
+    home = await isolatedDataDir("ccapi-");
+    const port = await freePort();
+    base = `http://127.0.0.1:${port}`;
+    server = spawn(process.execPath, [serverMain], {
+      env: { ...process.env, CODECOURIER_HOME: home, CODECOURIER_PORT: String(port), CODECOURIER_POOL_SIZE: "1", CODECOURIER_REGION: "test-1" },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    server.stderr!.on("data", (chunk: Buffer) => (serverLog += chunk.toString()));
+    const deadline = Date.now() + 300_000;
+    // Ready once the admin key is printed and the default template exists (a cold boot under TCG).
+    while (!/template base .* ready/.test(serverLog)) {
+      if (server.exitCode !== null || Date.now() > deadline) throw new Error(`server did not get ready:\n${serverLog}`);
+      await sleep(100);
+    }
+    adminKey = /API key for tenant "admin" \(shown once, keep it\): (\S+)/.exec(serverLog)?.[1] ?? "";
+    keyA = (JSON.parse(cli("keys", "create", "--tenant", "team-a", "--json")) as { apiKey: string }).apiKey;
+    keyB = (JSON.parse(cli("keys", "create", "--tenant", "team-b", "--json")) as { apiKey: string }).apiKey;
+  });
+
+  after(async () => {
+    if (server && server.exitCode === null) {
+      const exited = new Promise((resolve) => server.once("exit", resolve));
+      server.kill("SIGTERM");
+      await Promise.race([exited, sleep(20_000)]);
+      server.kill("SIGKILL");
+    }
+    if (home) await rm(home, { recursive: true, force: true });
+  });
+
+  it("serves /health and /openapi.json without a key; prints an admin key once on first start", async () => {
+    const health = await call("GET", "/health", undefined);
+    assert.equal(health.status, 200);
+    assert.equal(health.body.ok, true);
+    assert.equal(health.body.region, "test-1");
+    assert.ok(["kvm", "tcg"].includes(health.body.accel));
+    const openapi = await call("GET", "/openapi.json", undefined);
+    assert.equal(openapi.status, 200);
+    assert.equal(openapi.body.openapi, "3.1.0");
+    assert.ok(openapi.body.paths["/v1/sandboxes"].post.requestBody, "create documents its body");
+    assert.ok(openapi.body.paths["/v1/sandboxes/{sandboxId}/commands"].post);
+    assert.match(adminKey, /^cc_/);
+    assert.equal((await call("GET", "/v1/sandboxes", adminKey)).status, 200, "the admin key works");
+    assert.equal((await call("GET", "/nope", undefined)).status, 404);
+  });
+
+  it("refuses requests without a key, with an unknown key, and with a revoked key (401)", async () => {
+    assert.equal((await call("GET", "/v1/sandboxes", undefined)).status, 401);
+    assert.equal((await call("GET", "/v1/sandboxes", "cc_not-a-real-key")).status, 401);
+    const { apiKey, keyId } = JSON.parse(cli("keys", "create", "--tenant", "team-c", "--json")) as { apiKey: string; keyId: string };
+    assert.equal((await call("GET", "/v1/sandboxes", apiKey)).status, 200);
+    cli("keys", "revoke", keyId);
+    const refused = await call("GET", "/v1/sandboxes", apiKey);
+    assert.equal(refused.status, 401);
+    assert.equal(refused.body.error.code, "unauthorized");
+    const listed = JSON.parse(cli("keys", "list", "--json")) as Array<{ keyId: string; revokedAt: string | null }>;
+    assert.ok(listed.find((k) => k.keyId === keyId)?.revokedAt, "keys list shows the revocation");
+    assert.ok(!cli("keys", "list", "--json").includes(apiKey), "keys are not stored in the clear");
+  });
+
+  it("runs a tenant's sandbox, and another tenant sees nothing of it (404 everywhere)", async () => {
+    const created = await call("POST", "/v1/sandboxes", keyA, { template: "base", metadata: { purpose: "isolation" }, env: { GREETING: "hi" } });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const id: string = created.body.sandboxId;
+    assert.equal(created.body.state, "running");
+    assert.equal(created.body.cpu, 1);
+    assert.equal(created.body.memoryMB, 512);
+
+    const ran = await call("POST", `/v1/sandboxes/${id}/commands`, keyA, { cmd: 'echo "$GREETING from $(hostname)"; exit 3' });
+    assert.equal(ran.status, 200, JSON.stringify(ran.body));
+    assert.equal(ran.body.stdout, `hi from ${id}\n`);
+    assert.equal(ran.body.exitCode, 3);
+    const withStdin = await call("POST", `/v1/sandboxes/${id}/commands`, keyA, { argv: ["cat"], stdin: "piped" });
+    assert.equal(withStdin.body.stdout, "piped");
+
+    const listA = await call("GET", "/v1/sandboxes?metadata.purpose=isolation", keyA);
+    assert.deepEqual(listA.body.sandboxes.map((s: { sandboxId: string }) => s.sandboxId), [id]);
+    assert.deepEqual((await call("GET", "/v1/sandboxes?metadata.purpose=other", keyA)).body.sandboxes, []);
+
+    // Tenant B: every route answers as if the sandbox did not exist.
+    assert.deepEqual((await call("GET", "/v1/sandboxes", keyB)).body.sandboxes, []);
+    const attempts: Array<[string, string, unknown?]> = [
+      ["GET", `/v1/sandboxes/${id}`],
+      ["POST", `/v1/sandboxes/${id}/connect`],
+      ["POST", `/v1/sandboxes/${id}/commands`, { cmd: "true" }],
+      ["POST", `/v1/sandboxes/${id}/snapshot`],
+      ["POST", `/v1/sandboxes/${id}/pause`],
+      ["POST", `/v1/sandboxes/${id}/resume`],
+      ["POST", `/v1/sandboxes/${id}/fork`, { count: 1 }],
+      ["POST", `/v1/sandboxes/${id}/timeout`, { timeoutMs: 5000 }],
+      ["DELETE", `/v1/sandboxes/${id}`],
+    ];
+    for (const [method, path, body] of attempts) {
+      const answer = await call(method, path, keyB, body);
+      assert.equal(answer.status, 404, `${method} ${path} as tenant B: ${JSON.stringify(answer.body)}`);
+      assert.equal(answer.body.error.code, "not_found");
+    }
+    assert.equal((await call("GET", `/v1/sandboxes/${id}`, keyA)).body.state, "running", "B's attempts changed nothing");
+
+    // A's snapshot is A's alone.
+    const snapshot = await call("POST", `/v1/sandboxes/${id}/snapshot`, keyA);
+    assert.equal(snapshot.status, 201, JSON.stringify(snapshot.body));
+    const snapshotId: string = snapshot.body.snapshotId;
+    assert.deepEqual((await call("GET", "/v1/snapshots", keyB)).body.snapshots, []);
+    assert.equal((await call("DELETE", `/v1/snapshots/${snapshotId}`, keyB)).status, 404);
+    assert.equal((await call("POST", `/v1/sandboxes/${snapshotId}/fork`, keyB, { count: 1 })).status, 404);
+
+    assert.equal((await call("DELETE", `/v1/sandboxes/${id}`, keyA)).status, 204);
+    assert.equal((await call("GET", `/v1/sandboxes/${id}`, keyA)).body.state, "stopped");
+    assert.equal((await call("DELETE", `/v1/snapshots/${snapshotId}`, keyA)).status, 204);
+  });
+
+  it("answers bad input with a clear 4xx and creates nothing", async () => {
+    const countBefore = (await call("GET", "/v1/sandboxes?state=running", keyA)).body.sandboxes.length;
+    const unknown = await call("POST", "/v1/sandboxes", keyA, { template: "no-such-template" });
+    assert.equal(unknown.status, 404);
+    assert.match(unknown.body.error.message, /no-such-template/);
+    assert.equal((await call("POST", "/v1/sandboxes", keyA, { template: "base@99" })).status, 404);
+    const tooMuchMemory = await call("POST", "/v1/sandboxes", keyA, { memoryMB: 65536 });
+    assert.ok(tooMuchMemory.status >= 400 && tooMuchMemory.status < 500, `memory over the limit: ${tooMuchMemory.status}`);
+    assert.match(tooMuchMemory.body.error.message, /memoryMB/);
+    for (const cpu of [0, -1, 1.5, "two", 1000]) {
+      const answer = await call("POST", "/v1/sandboxes", keyA, { cpu });
+      assert.equal(answer.status, 400, `cpu ${JSON.stringify(cpu)}: ${answer.status}`);
+      assert.equal(answer.body.error.code, "bad_request");
+    }
+    assert.equal((await call("POST", "/v1/sandboxes", keyA, { region: "mars-1" })).status, 400);
+    assert.equal((await call("POST", "/v1/sandboxes", keyA, { unknownField: true })).status, 400);
+    assert.equal((await call("POST", "/v1/sandboxes", keyA, undefined, "{not json")).status, 400);
+    const huge = await call("POST", "/v1/sandboxes", keyA, undefined, JSON.stringify({ metadata: { x: "y".repeat(21 * 1024 * 1024) } }));
+    assert.equal(huge.status, 413);
+    assert.equal((await call("GET", "/v1/sandboxes?cursor=garbage", keyA)).status, 400);
+    assert.equal((await call("POST", "/v1/sandboxes/nope/commands", keyA, { cmd: "true", argv: ["true"] })).status, 400);
+    assert.equal((await call("GET", "/v1/sandboxes?state=running", keyA)).body.sandboxes.length, countBefore, "nothing was created");
+  });
+
+  it("drives a sandbox's lifecycle through the SDK, with typed errors", async () => {
+    const sdk = await import("@codecourier/sdk");
+    const connection = { url: base, apiKey: keyA };
+    {
+      await using sandbox = await sdk.createSandbox({ ...connection, metadata: { via: "sdk" } });
+      const result = await sandbox.runCommand("echo sdk; exit 4");
+      assert.deepEqual([result.stdout, result.exitCode], ["sdk\n", 4]);
+      await assert.rejects(sandbox.runCommand("exit 5", { check: true }), sdk.CommandExitError);
+      assert.equal((await sandbox.runCommand(["cat"], { stdin: "in" })).stdout, "in");
+      await sandbox.runCommand("echo kept > /root/kept");
+      const snapshotId = await sandbox.snapshot();
+      assert.match(snapshotId, /^snap-/);
+      await sandbox.pause();
+      assert.equal((await sandbox.info()).state, "paused");
+      const again = await sdk.Sandbox.connect(sandbox.sandboxId, connection); // resumes
+      assert.equal((await again.info()).state, "running");
+      assert.equal((await again.runCommand("cat /root/kept")).stdout, "kept\n");
+      const [fork] = await sandbox.fork(1);
+      assert.ok(fork && fork.sandboxId !== sandbox.sandboxId);
+      assert.equal((await fork.runCommand("cat /root/kept")).stdout, "kept\n");
+      await fork.kill();
+      const listed = await sdk.listSandboxes({ metadata: { via: "sdk" } }, connection);
+      assert.deepEqual(listed.sandboxes.map((s) => s.sandboxId), [sandbox.sandboxId]);
+      await assert.rejects(sdk.Sandbox.connect(sandbox.sandboxId, { url: base, apiKey: keyB }), sdk.NotFoundError);
+      await assert.rejects(sandbox.network.allow("example.com"), sdk.NotSupportedError);
+    } // `await using` killed it
+    assert.deepEqual((await sdk.listSandboxes({ metadata: { via: "sdk" } }, connection)).sandboxes, []);
+    await assert.rejects(sdk.createSandbox({ ...connection, template: "nope" }), sdk.NotFoundError);
+    await assert.rejects(sdk.createSandbox({ ...connection, memoryMB: 65536 }), sdk.QuotaError);
+    await assert.rejects(sdk.createSandbox({ url: base, apiKey: "cc_wrong" }), sdk.AuthError);
+    for (const snapshot of await sdk.listSnapshots(connection)) await sdk.deleteSnapshot(snapshot.snapshotId, connection);
+  });
+
+  it("kills a sandbox past its timeout, or pauses it when asked to; connect resumes a paused one", async () => {
+    const killed = (await call("POST", "/v1/sandboxes", keyA, { timeoutMs: 1000 })).body;
+    const paused = (await call("POST", "/v1/sandboxes", keyA, { timeoutMs: 1000, onTimeout: "pause" })).body;
+    assert.ok(killed.timeoutAt, "the answer says when it times out");
+    const stateOf = async (id: string) => (await call("GET", `/v1/sandboxes/${id}`, keyA)).body.state as string;
+    const deadline = Date.now() + 120_000;
+    while ((await stateOf(killed.sandboxId)) !== "stopped" || (await stateOf(paused.sandboxId)) !== "paused") {
+      assert.ok(Date.now() < deadline, `timeouts not applied: ${await stateOf(killed.sandboxId)}, ${await stateOf(paused.sandboxId)}`);
+      await sleep(250);
+    }
+    const connected = await call("POST", `/v1/sandboxes/${paused.sandboxId}/connect`, keyA);
+    assert.equal(connected.status, 200, JSON.stringify(connected.body));
+    assert.equal(connected.body.state, "running");
+    assert.equal((await call("POST", `/v1/sandboxes/${paused.sandboxId}/commands`, keyA, { cmd: "echo back" })).body.stdout, "back\n");
+    assert.equal((await call("POST", `/v1/sandboxes/${killed.sandboxId}/commands`, keyA, { cmd: "true" })).status, 404);
+    assert.equal((await call("DELETE", `/v1/sandboxes/${paused.sandboxId}`, keyA)).status, 204);
+  });
+});

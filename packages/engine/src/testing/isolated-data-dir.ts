@@ -1,0 +1,19 @@
+import { existsSync } from "node:fs";
+import { copyFile, mkdir, mkdtemp, symlink } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { dataDir } from "../config.js";
+
+/**
+ * For tests: a fresh data dir that shares the built guest images, downloads and accelerator probe of the default
+ * one, so that an engine's recovery (which kills QEMUs it does not own under its run/) never touches other VMs.
+ */
+export async function isolatedDataDir(prefix = "cctest-"): Promise<string> {
+  const shared = dataDir();
+  const home = await mkdtemp(join(tmpdir(), prefix));
+  await mkdir(join(shared, "images"), { recursive: true });
+  await symlink(join(shared, "images"), join(home, "images"));
+  if (existsSync(join(shared, "downloads"))) await symlink(join(shared, "downloads"), join(home, "downloads"));
+  if (existsSync(join(shared, "accel.json"))) await copyFile(join(shared, "accel.json"), join(home, "accel.json"));
+  return home;
+}
