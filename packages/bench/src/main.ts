@@ -8,6 +8,7 @@
  */
 import { bootSuite } from "./suites/boot.js";
 import { lifecycleSuite } from "./suites/lifecycle.js";
+import { apiSuite } from "./suites/api.js";
 import { report, type SuiteResult } from "./report.js";
 
 export interface BenchOptions {
@@ -24,6 +25,7 @@ type Suite = { defaultRuns: number; run: (runs: number, log: (l: string) => void
 const suites: Record<string, Suite> = {
   boot: { defaultRuns: 20, run: (runs, log) => bootSuite(runs, log) },
   lifecycle: { defaultRuns: 10, run: lifecycleSuite },
+  api: { defaultRuns: 10, run: (runs, log) => apiSuite(runs, log) },
 };
 
 const VALUE_FLAGS = ["--runs", "--duration", "--idle-clones", "--max-clones", "--min-available-mib", "--density-minutes"] as const;

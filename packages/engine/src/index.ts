@@ -32,3 +32,4 @@ export {
 } from "./control/control-store.js";
 export { SandboxService, type SandboxServiceOptions } from "./control/sandbox-service.js";
 export { buildApp, type AppContext } from "./server/app.js";
+export { isolatedDataDir } from "./testing/isolated-data-dir.js";

@@ -106,6 +106,18 @@ export const CommandResultSchema = z.object({
 });
 export type ApiCommandResult = z.infer<typeof CommandResultSchema>;
 
+export const FileTypeSchema = z.enum(["file", "directory", "symlink", "other"]);
+export const FileStatSchema = z.object({
+  path: z.string(),
+  type: FileTypeSchema,
+  size: z.number(),
+  mode: z.number(),
+  mtimeMs: z.number(),
+});
+export type ApiFileStat = z.infer<typeof FileStatSchema>;
+export const DirEntrySchema = z.object({ name: z.string(), type: FileTypeSchema });
+export type ApiDirEntry = z.infer<typeof DirEntrySchema>;
+
 export const SnapshotResultSchema = z.object({ snapshotId: z.string() });
 export const ForkRequestSchema = z.object({ count: z.number().int().min(1).max(64).default(1) }).strict();
 

@@ -16,6 +16,11 @@ export interface ApiRequest extends RequestOptions {
   query?: URLSearchParams;
 }
 
+export interface RawRequest extends RequestOptions {
+  body?: BodyInit;
+  query?: URLSearchParams;
+}
+
 /**
  * The HTTP layer: one server, one API key. Holds no other state, so sandboxes made from one client (fork, connect)
  * share it freely. Uses only fetch, so it runs unchanged on Node 20+, Bun and Deno.
@@ -27,6 +32,32 @@ export class ApiClient {
   constructor(options: ConnectionOptions = {}, env?: EnvReader) {
     this.url = resolveUrl(options, env);
     this.#apiKey = resolveApiKey(options, env);
+  }
+
+  /**
+   * The raw answer, for byte streams (file content): `body` is sent as is. An error answer still becomes its typed
+   * CodeCourierError; a success answer's body is the caller's to read.
+   */
+  async raw(method: "GET" | "PUT", path: string, request: RawRequest = {}): Promise<Response> {
+    const query = request.query?.toString();
+    const url = `${this.url}${path}${query ? `?${query}` : ""}`;
+    const headers: Record<string, string> = { authorization: `Bearer ${this.#apiKey}` };
+    const init: RequestInit & { duplex?: "half" } = { method, headers };
+    if (request.body !== undefined) {
+      headers["content-type"] = "application/octet-stream";
+      init.body = request.body;
+      // A streamed request body needs half-duplex mode in fetch (Node and Deno insist; Bun accepts it).
+      if (typeof ReadableStream !== "undefined" && request.body instanceof ReadableStream) init.duplex = "half";
+    }
+    if (request.signal) init.signal = request.signal;
+    let response: Response;
+    try {
+      response = await fetch(url, init);
+    } catch (error) {
+      throw transportError(error, `${method} ${path}`, this.url, request.signal);
+    }
+    if (!response.ok) throw errorFromResponse(response.status, await response.text().catch(() => ""));
+    return response;
   }
 
   /** The parsed JSON answer, or undefined for 204; an error answer becomes its typed CodeCourierError. */

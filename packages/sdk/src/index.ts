@@ -32,4 +32,5 @@ export {
   type SandboxState,
 } from "./sandbox.js";
 export { SandboxNetwork } from "./network.js";
+export { SandboxFiles, type DirEntry, type FileData, type FileStat, type ReadOptions, type WriteOptions } from "./files.js";
 export { deleteSnapshot, listSnapshots, type SnapshotInfo } from "./snapshots.js";

@@ -9,6 +9,7 @@ import type {
 import { ApiClient, type RequestOptions } from "./client.js";
 import type { ConnectionOptions } from "./env.js";
 import { CommandExitError, NotFoundError, TimeoutError } from "./errors.js";
+import { SandboxFiles } from "./files.js";
 import { SandboxNetwork } from "./network.js";
 
 export type SandboxInfo = ApiSandbox;
@@ -59,6 +60,7 @@ const asyncDispose: typeof Symbol.asyncDispose = (Symbol.asyncDispose ?? Symbol.
  */
 export class Sandbox {
   readonly network: SandboxNetwork;
+  readonly files: SandboxFiles;
   readonly #client: ApiClient;
   readonly #path: string;
 
@@ -69,6 +71,7 @@ export class Sandbox {
     this.#client = client;
     this.#path = `/v1/sandboxes/${encodeURIComponent(sandboxId)}`;
     this.network = new SandboxNetwork(sandboxId);
+    this.files = new SandboxFiles(client, this.#path);
   }
 
   /** A new sandbox from a template (default "base"). */
@@ -88,6 +91,16 @@ export class Sandbox {
     const info = await client.request<ApiSandbox>("POST", `/v1/sandboxes/${encodeURIComponent(sandboxId)}/connect`, {
       signal: options.signal,
     });
+    return new Sandbox(client, info.sandboxId);
+  }
+
+  /**
+   * A handle on an existing sandbox without resuming it (to pause, kill, inspect or snapshot it as it is).
+   * A sandbox this key does not own is a NotFoundError.
+   */
+  static async get(sandboxId: string, options: ConnectionOptions & RequestOptions = {}): Promise<Sandbox> {
+    const client = new ApiClient(options);
+    const info = await client.request<ApiSandbox>("GET", `/v1/sandboxes/${encodeURIComponent(sandboxId)}`, { signal: options.signal });
     return new Sandbox(client, info.sandboxId);
   }
 

@@ -1,14 +1,9 @@
 import type { Command } from "commander";
-import { constants } from "node:os";
 import { finished } from "node:stream/promises";
 import { ensureGuestImage, Vm, VmError } from "@codecourier/engine";
-import { fail, parsePositiveInt, progress } from "../progress.js";
-
-/** Exit status a shell would give for a command killed by this signal. */
-function signalExitCode(signal: string): number {
-  const number = (constants.signals as Record<string, number>)[signal];
-  return 128 + (number ?? 1);
-}
+import { signalExitCode } from "../exit-status.js";
+import { collectKeyValues, parsePositiveInt } from "../parse.js";
+import { fail, progress } from "../progress.js";
 
 export function registerVmCommands(program: Command): void {
   const vm = program.command("vm").description("Run throwaway microVMs directly on this host (no server needed)");
@@ -18,15 +13,9 @@ export function registerVmCommands(program: Command): void {
     .option("-c, --cpus <N>", "virtual CPUs", parsePositiveInt("cpus"), 1)
     .option("--shell", "run the arguments as one /bin/sh -c command line")
     .option("--cwd <dir>", "working directory in the guest", "/root")
-    .option("-e, --env <KEY=VALUE...>", "environment variables for the command")
+    .option("-e, --env <KEY=VALUE...>", "environment variables for the command", collectKeyValues("env"))
     .argument("<command...>", "the command and its arguments (after --)")
-    .action(async (command: string[], opts: { memory: number; cpus: number; shell?: boolean; cwd: string; env?: string[] }) => {
-      const env: Record<string, string> = {};
-      for (const pair of opts.env ?? []) {
-        const eq = pair.indexOf("=");
-        if (eq <= 0) fail(`--env expects KEY=VALUE, got "${pair}"`, 2);
-        env[pair.slice(0, eq)] = pair.slice(eq + 1);
-      }
+    .action(async (command: string[], opts: { memory: number; cpus: number; shell?: boolean; cwd: string; env?: Record<string, string> }) => {
       const started = Date.now();
       const image = await ensureGuestImage((line) => progress(line));
       let machine: Vm;
@@ -45,7 +34,7 @@ export function registerVmCommands(program: Command): void {
         const handle = machine.agent.exec(
           {
             ...(opts.shell ? { shell: command.join(" ") } : { argv: command }),
-            env,
+            env: opts.env ?? {},
             cwd: opts.cwd,
             stdin: forwardStdin,
           },

@@ -21,6 +21,8 @@ export interface SandboxServiceOptions {
   timeoutSweepMs?: number;
 }
 
+/** Where commands run and relative file paths point unless told otherwise: root's home in the base image. */
+export const SANDBOX_WORKDIR = "/root";
 const DEFAULT_CPUS = 1;
 const DEFAULT_MEMORY_MB = 512;
 const LIVE_STATES: ApiSandboxState[] = ["running", "paused"];
@@ -142,7 +144,7 @@ export class SandboxService {
     const result = await running.agent.run(
       {
         ...(request.argv ? { argv: request.argv } : { shell: request.cmd }),
-        cwd: request.cwd,
+        cwd: request.cwd === undefined ? SANDBOX_WORKDIR : resolveInSandbox(request.cwd),
         env,
         user: request.user,
         timeoutMs: request.timeoutMs,
@@ -253,6 +255,11 @@ export class SandboxService {
     if (!LIVE_STATES.includes(this.#state(row.sandbox_id))) throw new ApiError("not_found", `sandbox ${row.sandbox_id} is no longer running`);
   }
 
+  /** The tenant's sandbox, running (a paused one is resumed): what the files routes work on. */
+  async runningSandbox(tenant: Tenant, sandboxId: string) {
+    return this.#running(await this.#owned(tenant, sandboxId));
+  }
+
   async #running(row: SandboxOwnerRow) {
     this.#requireLive(row);
     // Commands auto-resume a paused sandbox, as connect does.
@@ -292,6 +299,14 @@ export class SandboxService {
       onTimeout: row.on_timeout,
     };
   }
+}
+
+/**
+ * A guest path: absolute as given, relative to the sandbox's working directory otherwise. Not normalised: `..`
+ * and symlinks are the guest kernel's to resolve (lexically, `link/..` is not the link's parent).
+ */
+export function resolveInSandbox(path: string): string {
+  return path.startsWith("/") ? path : `${SANDBOX_WORKDIR}/${path}`;
 }
 
 function encodeCursor(row: SandboxOwnerRow): string {

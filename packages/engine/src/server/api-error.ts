@@ -1,5 +1,6 @@
 import { API_ERROR_CODES, type ApiErrorCode } from "@codecourier/protocol/api";
 import { ZodError } from "zod";
+import { AgentError } from "../agent-client/errors.js";
 import {
   InvalidRequestError,
   SandboxError,
@@ -40,6 +41,12 @@ export function toApiError(error: unknown): { apiError: ApiError; unexpected: bo
   }
   if (error instanceof SandboxStateError || error instanceof SnapshotInUseError) {
     return { apiError: new ApiError("conflict", error.message), unexpected: false };
+  }
+  if (error instanceof AgentError) {
+    // The guest's own answer (e.g. a file that does not exist): the tenant's guest, so its message is passed on.
+    const code: ApiErrorCode =
+      error.code === "not_found" ? "not_found" : error.code === "too_large" ? "payload_too_large" : error.code === "internal" ? "internal" : "bad_request";
+    return { apiError: new ApiError(code, `in the sandbox: ${error.message}`), unexpected: code === "internal" };
   }
   if (error instanceof InvalidRequestError) return { apiError: new ApiError("bad_request", error.message), unexpected: false };
   if (error instanceof SandboxError) return { apiError: new ApiError("internal", error.message), unexpected: true };

@@ -1,6 +1,8 @@
 import {
   CommandResultSchema,
   CreateSandboxRequestSchema,
+  DirEntrySchema,
+  FileStatSchema,
   ErrorBodySchema,
   ForkRequestSchema,
   RunCommandRequestSchema,
@@ -9,11 +11,12 @@ import {
   SetTimeoutRequestSchema,
   SnapshotResultSchema,
 } from "@codecourier/protocol/api";
+import { Readable } from "node:stream";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { z } from "zod";
 import { ENGINE_VERSION } from "../config.js";
 import type { ControlStore, Tenant } from "../control/control-store.js";
-import type { SandboxService } from "../control/sandbox-service.js";
+import { resolveInSandbox, type SandboxService } from "../control/sandbox-service.js";
 import type { GuestImage } from "../images/guest-image.js";
 import type { AcceleratorChoice } from "../vmm/accel.js";
 import { ApiError, toApiError } from "./api-error.js";
@@ -34,8 +37,16 @@ export const API_BODY_LIMIT_BYTES = 20 * 1024 * 1024;
 
 type Handler = (tenant: Tenant, request: FastifyRequest) => Promise<unknown>;
 
+/** A handler's answer that is a byte stream (file content), not JSON. */
+export class StreamAnswer {
+  constructor(
+    readonly stream: Readable,
+    readonly contentType = "application/octet-stream",
+  ) {}
+}
+
 interface RouteSpec {
-  method: "GET" | "POST" | "DELETE";
+  method: "GET" | "POST" | "PUT" | "DELETE";
   url: string;
   summary: string;
   body?: z.ZodType;
@@ -46,6 +57,56 @@ interface RouteSpec {
 }
 
 const params = (request: FastifyRequest) => request.params as Record<string, string>;
+const FilePathQuerySchema = z.object({ path: z.string().min(1).max(4096) }).strict();
+const FileWriteQuerySchema = z
+  .object({ path: z.string().min(1).max(4096), mode: z.string().regex(/^[0-7]{1,4}$/, "mode is octal, e.g. 644").optional() })
+  .strict();
+
+function fileRoutes(sandboxes: SandboxService): RouteSpec[] {
+  const sandbox = (t: Tenant, r: FastifyRequest) => sandboxes.runningSandbox(t, params(r).sandboxId!);
+  return [
+    {
+      method: "GET",
+      url: "/v1/sandboxes/:sandboxId/files/content",
+      summary: "Read a file (streamed bytes); ?path= absolute or relative to /root",
+      handler: async (t, r) => {
+        const { path } = FilePathQuerySchema.parse(r.query);
+        const running = await sandbox(t, r);
+        const guestPath = resolveInSandbox(path);
+        // The first stat answers "not found" / "is a directory" as a clean error before any byte is sent.
+        const info = await running.agent.stat(guestPath);
+        if (info.type === "directory") throw new ApiError("bad_request", `${path} is a directory`);
+        return new StreamAnswer(running.agent.readFile(guestPath));
+      },
+    },
+    {
+      method: "PUT",
+      url: "/v1/sandboxes/:sandboxId/files/content",
+      summary: "Write a file atomically from the request body (application/octet-stream); ?path=&mode=",
+      response: FileStatSchema,
+      handler: async (t, r) => {
+        const { path, mode } = FileWriteQuerySchema.parse(r.query);
+        if (!(r.body instanceof Readable)) throw new ApiError("bad_request", "send the file's content as the body, with content-type application/octet-stream");
+        const running = await sandbox(t, r);
+        return running.agent.writeFile(resolveInSandbox(path), r.body, { mode: mode === undefined ? undefined : parseInt(mode, 8) });
+      },
+    },
+    {
+      method: "GET",
+      url: "/v1/sandboxes/:sandboxId/files/stat",
+      summary: "A file's type, size, mode and mtime",
+      response: FileStatSchema,
+      handler: async (t, r) => (await sandbox(t, r)).agent.stat(resolveInSandbox(FilePathQuerySchema.parse(r.query).path)),
+    },
+    {
+      method: "GET",
+      url: "/v1/sandboxes/:sandboxId/files/list",
+      summary: "A directory's entries",
+      response: z.object({ entries: z.array(DirEntrySchema) }),
+      handler: async (t, r) => ({ entries: await (await sandbox(t, r)).agent.list(resolveInSandbox(FilePathQuerySchema.parse(r.query).path)) }),
+    },
+  ];
+}
 
 function sandboxRoutes(sandboxes: SandboxService): RouteSpec[] {
   return [
@@ -86,7 +147,9 @@ function sandboxRoutes(sandboxes: SandboxService): RouteSpec[] {
  */
 export function buildApp(context: AppContext): FastifyInstance {
   const app = Fastify({ logger: false, bodyLimit: API_BODY_LIMIT_BYTES });
-  const routes = context.sandboxes ? sandboxRoutes(context.sandboxes) : [];
+  const routes = context.sandboxes ? [...sandboxRoutes(context.sandboxes), ...fileRoutes(context.sandboxes)] : [];
+  // File content arrives as a raw stream: no body limit, no buffering (a 1 GiB write streams into the guest).
+  app.addContentTypeParser("application/octet-stream", (_request, payload, done) => done(null, payload));
 
   app.setErrorHandler((error, _request, reply) => {
     const { apiError, unexpected } = toApiError(error);
@@ -117,6 +180,7 @@ export function buildApp(context: AppContext): FastifyInstance {
         const result = await route.handler(tenant, request);
         const status = route.status ?? 200;
         if (status === 204) return reply.code(204).send();
+        if (result instanceof StreamAnswer) return reply.code(status).type(result.contentType).send(result.stream);
         return reply.code(status).send(result);
       },
     });

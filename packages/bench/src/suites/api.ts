@@ -1,0 +1,153 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { createRequire } from "node:module";
+import { chooseAccelerator, ControlStore, ensureGuestImage, isolatedDataDir } from "@codecourier/engine";
+import { createSandbox, type Sandbox } from "@codecourier/sdk";
+import { floorRestore, prepareFloorState } from "../floor-restore.js";
+import { benchHost, type SuiteResult } from "../report.js";
+import { single, summarize, type Metric } from "../stats.js";
+
+const require = createRequire(import.meta.url);
+const FILE_MIB = 1024;
+/** The pool refills 1 s after a hand-out and a restore takes a few seconds under TCG. */
+const POOL_REFILL_WAIT_MS = 6_000;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port"))));
+    });
+  });
+}
+
+/** `npm start`'s server in its own data dir (images shared), ready once its default template exists. */
+async function startServer(home: string, log: (line: string) => void): Promise<{ url: string; server: ChildProcess }> {
+  const port = await freePort();
+  const main = join(dirname(require.resolve("@codecourier/engine")), "server", "main.js");
+  const server = spawn(process.execPath, [main], {
+    env: { ...process.env, CODECOURIER_HOME: home, CODECOURIER_PORT: String(port), CODECOURIER_POOL_SIZE: "1" },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let output = "";
+  server.stderr!.on("data", (chunk: Buffer) => (output += chunk.toString()));
+  const deadline = Date.now() + 300_000;
+  while (!/template base .* ready/.test(output)) {
+    if (server.exitCode !== null || Date.now() > deadline) throw new Error(`server did not get ready:\n${output}`);
+    await sleep(100);
+  }
+  log(`server ready on port ${port}`);
+  return { url: `http://127.0.0.1:${port}`, server };
+}
+
+/** 1 GiB up through the SDK (a stream of distinct 1 MiB pieces) and back down; MB/s each way, sha256 checked. */
+async function fileRoundTrip(sandbox: Sandbox): Promise<{ writeMBps: number; readMBps: number }> {
+  const piece = randomBytes(1 << 20);
+  const up = createHash("sha256");
+  let sent = 0;
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (sent === FILE_MIB) return controller.close();
+      const chunk = Buffer.from(piece);
+      chunk.writeUInt32LE(sent++, 0);
+      up.update(chunk);
+      controller.enqueue(chunk);
+    },
+  });
+  let t0 = performance.now();
+  await sandbox.files.write("bench.bin", body);
+  const writeS = (performance.now() - t0) / 1000;
+  const down = createHash("sha256");
+  let received = 0;
+  t0 = performance.now();
+  for await (const chunk of await sandbox.files.read("bench.bin", { format: "stream" })) {
+    down.update(chunk);
+    received += chunk.length;
+  }
+  const readS = (performance.now() - t0) / 1000;
+  if (received !== FILE_MIB << 20 || down.digest("hex") !== up.digest("hex")) throw new Error("the file came back different");
+  await sandbox.runCommand("rm -f bench.bin", { check: true });
+  const mb = (FILE_MIB * 2 ** 20) / 1e6;
+  return { writeMBps: mb / writeS, readMBps: mb / readS };
+}
+
+/**
+ * The API as a user meets it: SDK create → first exec over HTTP against the server (pool warm), beside the raw
+ * floor (plain QEMU -incoming from a full-RAM state file) measured in the same run; file throughput for 1 GiB.
+ */
+export async function apiSuite(runs: number, log: (line: string) => void): Promise<SuiteResult> {
+  const image = await ensureGuestImage(log);
+  const { accel, reason } = await chooseAccelerator(image);
+  const notes = [`accelerator ${accel}: ${reason}`];
+  const metrics: Record<string, Metric> = {};
+  const home = await isolatedDataDir("ccbench-api-");
+  const floorDir = await mkdtemp(join(tmpdir(), "cc-bench-floor-"));
+  const { url, server } = await startServer(home, log);
+  try {
+    const store = await ControlStore.openSqlite(join(home, "control.db"));
+    const { apiKey } = await store.createKey("bench");
+    await store.close();
+    const connection = { url, apiKey };
+
+    const createToExec: number[] = [];
+    const createCall: number[] = [];
+    for (let run = 1; run <= runs; run++) {
+      await sleep(POOL_REFILL_WAIT_MS);
+      const t0 = performance.now();
+      const sandbox = await createSandbox(connection);
+      const t1 = performance.now();
+      await sandbox.runCommand(["/bin/true"], { check: true });
+      createToExec.push(performance.now() - t0);
+      createCall.push(t1 - t0);
+      await sandbox.kill();
+      log(`create run ${run}/${runs}: ${createToExec.at(-1)!.toFixed(0)} ms`);
+    }
+    metrics.sdkCreateToFirstExecMs = summarize(createToExec);
+    metrics.sdkCreateCallMs = summarize(createCall);
+
+    const floor = await prepareFloorState({ image, accel, memoryMiB: 512, cpus: 1, dir: floorDir });
+    const floors: number[] = [];
+    for (let run = 1; run <= Math.min(runs, 5); run++) floors.push((await floorRestore(image, floor, `api${run}`)).totalMs);
+    metrics.floorRestoreToFirstExecMs = summarize(floors);
+
+    await sleep(POOL_REFILL_WAIT_MS);
+    const sandbox = await createSandbox(connection);
+    const writes: number[] = [];
+    const reads: number[] = [];
+    const fileRuns = 1; // a 1 GiB round trip takes minutes under TCG here
+    for (let run = 1; run <= fileRuns; run++) {
+      const { writeMBps, readMBps } = await fileRoundTrip(sandbox);
+      writes.push(writeMBps);
+      reads.push(readMBps);
+      log(`file run ${run}/${fileRuns}: write ${writeMBps.toFixed(0)} MB/s, read ${readMBps.toFixed(0)} MB/s`);
+    }
+    await sandbox.kill();
+    metrics.fileWriteMBps = summarize(writes, "MB/s");
+    metrics.fileReadMBps = summarize(reads, "MB/s");
+    notes.push(
+      `file throughput: a ${FILE_MIB} MiB file through the SDK → server → agent (HTTP/2 over virtio-serial) into the guest's ` +
+        "qcow2 disk (write: temp file + fsync + rename) and back; sha256 compared",
+      "syncSmallFilesPerSecond, watchEventLatencyMs: not measured (files.sync and files.watch are not built yet)",
+    );
+    const ratio = metrics.sdkCreateToFirstExecMs.p50 / metrics.floorRestoreToFirstExecMs.p50;
+    const goal = metrics.sdkCreateToFirstExecMs;
+    notes.push(`goal sdkCreateToFirstExecMs p50 ≤ 60 ms and p95 ≤ 120 ms: ${goal.p50 <= 60 && goal.p95 <= 120 ? "met" : "missed"} (p50 ${goal.p50}, p95 ${goal.p95})`);
+    for (const [name, metric] of [["fileWriteMBps", metrics.fileWriteMBps], ["fileReadMBps", metrics.fileReadMBps]] as const) {
+      notes.push(`goal ${name} ≥ 200: ${metric.p50 >= 200 ? "met" : "missed"} (p50 ${metric.p50} MB/s)`);
+    }
+    return { suite: "api", accel, runs, host: await benchHost(), metrics, ratios: { sdkCreateToFirstExecVsFloor: ratio }, notes };
+  } finally {
+    const exited = new Promise((resolve) => server.once("exit", resolve));
+    server.kill("SIGTERM");
+    await Promise.race([exited, sleep(30_000)]);
+    server.kill("SIGKILL");
+    await rm(home, { recursive: true, force: true });
+    await rm(floorDir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,198 @@
+// The sandbox commands (create, exec, ls, snapshot, pause, resume, fork, kill, snapshots) as child processes
+// against a real server (npm start's entry point) with real VMs, in a data dir of its own.
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
+import { copyFile, mkdir, mkdtemp, rm, symlink } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { dataDir } from "@codecourier/engine";
+
+const cliMain = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "codecourier.js");
+const serverMain = join(dirname(fileURLToPath(import.meta.resolve("@codecourier/engine"))), "server", "main.js");
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * A fresh data dir sharing the default one's guest images, downloads and accelerator probe (what the engine's
+ * isolatedDataDir test helper does), so that the server's recovery never touches other VMs on this host.
+ */
+async function isolatedHome(): Promise<string> {
+  const shared = dataDir();
+  const home = await mkdtemp(join(tmpdir(), "cccli-"));
+  await mkdir(join(shared, "images"), { recursive: true });
+  await symlink(join(shared, "images"), join(home, "images"));
+  if (existsSync(join(shared, "downloads"))) await symlink(join(shared, "downloads"), join(home, "downloads"));
+  if (existsSync(join(shared, "accel.json"))) await copyFile(join(shared, "accel.json"), join(home, "accel.json"));
+  return home;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port"))));
+    });
+  });
+}
+
+interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+interface SandboxJson {
+  sandboxId: string;
+  state: string;
+  template: string;
+  metadata: Record<string, string>;
+}
+
+describe("codecourier sandbox commands (real server, real VMs)", () => {
+  let home: string;
+  let server: ChildProcess;
+  let serverLog = "";
+  let env: NodeJS.ProcessEnv;
+
+  /** The CLI, asynchronously: a blocking spawnSync would stop us draining the server's stderr pipe. */
+  const cli = (args: string[], stdin = ""): Promise<CliResult> =>
+    new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, [cliMain, ...args], { env, stdio: ["pipe", "pipe", "pipe"] });
+      let stdout = "";
+      let stderr = "";
+      child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+      child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+      child.on("error", reject);
+      child.on("close", (code) => resolve({ code, stdout, stderr }));
+      child.stdin.end(stdin);
+    });
+
+  /** The CLI, which must succeed: its stdout. */
+  const ok = async (args: string[], stdin?: string): Promise<string> => {
+    const result = await cli(args, stdin);
+    assert.equal(result.code, 0, `codecourier ${args.join(" ")} exited ${result.code}: ${result.stderr}`);
+    return result.stdout;
+  };
+
+  const listed = async (...args: string[]): Promise<SandboxJson[]> => JSON.parse(await ok(["ls", "--json", ...args])) as SandboxJson[];
+
+  before(async () => {
+    home = await isolatedHome();
+    const port = await freePort();
+    server = spawn(process.execPath, [serverMain], {
+      env: { ...process.env, CODECOURIER_HOME: home, CODECOURIER_PORT: String(port), CODECOURIER_POOL_SIZE: "1" },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    server.stderr!.on("data", (chunk: Buffer) => (serverLog += chunk.toString()));
+    const deadline = Date.now() + 300_000;
+    while (!/template base .* ready/.test(serverLog)) {
+      if (server.exitCode !== null || Date.now() > deadline) throw new Error(`server did not get ready:\n${serverLog}`);
+      await sleep(100);
+    }
+    env = { ...process.env, CODECOURIER_HOME: home, CODECOURIER_URL: `http://127.0.0.1:${port}`, CODECOURIER_QUIET: "" };
+    delete env.CODECOURIER_API_KEY;
+    const key = JSON.parse(await ok(["keys", "create", "--tenant", "t", "--json"])) as { apiKey: string };
+    env.CODECOURIER_API_KEY = key.apiKey;
+  });
+
+  after(async () => {
+    if (server && server.exitCode === null) {
+      const exited = new Promise((resolve) => server.once("exit", resolve));
+      server.kill("SIGTERM");
+      await Promise.race([exited, sleep(20_000)]);
+      server.kill("SIGKILL");
+    }
+    if (home) await rm(home, { recursive: true, force: true });
+  });
+
+  it("creates, runs commands in, snapshots, pauses, resumes, forks and kills a sandbox", async () => {
+    const created = await cli(["create", "--metadata", "purpose=cli-test", "--env", "GREETING=hi"]);
+    assert.equal(created.code, 0, created.stderr);
+    assert.match(created.stdout, /^\S+\n$/, "create prints only the id on stdout");
+    assert.match(created.stderr, /creating a sandbox/, "progress goes to stderr");
+    const id = created.stdout.trim();
+
+    // Exit status, stdout and stderr apart; one argument is a shell command line.
+    const failing = await cli(["exec", id, "--", 'echo "$GREETING"; echo oops >&2; exit 3']);
+    assert.equal(failing.code, 3, failing.stderr);
+    assert.equal(failing.stdout, "hi\n");
+    assert.match(failing.stderr, /^oops$/m);
+    // Several arguments are an argv: no word splitting, no shell.
+    assert.equal(await ok(["exec", id, "--", "printf", "%s|", "a b", "$HOME"]), "a b|$HOME|");
+    // stdin forwarded, and the command's options.
+    assert.equal(await ok(["exec", id, "--", "cat"], "piped\n"), "piped\n");
+    assert.equal(await ok(["exec", id, "--cwd", "/tmp", "-e", "A=1", "B=x=y", "--", 'echo "$(pwd) $A $B"']), "/tmp 1 x=y\n");
+    // Killed by a signal: 128 + its number; past --timeout: 124.
+    assert.equal((await cli(["exec", id, "--", "kill -TERM $$"])).code, 143);
+    const slow = await cli(["exec", id, "--timeout", "1000", "--", "sleep 30"]);
+    assert.equal(slow.code, 124, slow.stderr);
+    assert.match(slow.stderr, /timed out/);
+
+    const all = await listed();
+    const mine = all.find((s) => s.sandboxId === id);
+    assert.ok(mine, `ls --json lists ${id}: ${JSON.stringify(all)}`);
+    assert.equal(mine.state, "running");
+    assert.deepEqual(mine.metadata, { purpose: "cli-test" });
+    assert.deepEqual((await listed("--metadata", "purpose=other")).map((s) => s.sandboxId), []);
+    const table = await ok(["ls", "--metadata", "purpose=cli-test"]);
+    assert.match(table, /^ID\s+STATE\s+TEMPLATE\s+CPU\s+MEMORY\s+CREATED$/m);
+    assert.match(table, new RegExp(`^${id}\\s+running\\s+base(@\\d+)?\\s+1\\s+512MB\\s`, "m"));
+
+    const snapshotId = (await ok(["snapshot", id])).trim();
+    assert.match(snapshotId, /^\S+$/);
+    const snapshots = JSON.parse(await ok(["snapshots", "--json"])) as Array<{ snapshotId: string; sandboxId: string }>;
+    assert.ok(snapshots.some((s) => s.snapshotId === snapshotId && s.sandboxId === id), JSON.stringify(snapshots));
+    assert.match(await ok(["snapshots"]), new RegExp(`^${snapshotId}\\s+${id}\\s`, "m"));
+
+    await ok(["exec", id, "--", "echo kept > /root/mark"]);
+    assert.equal((await ok(["pause", id])).trim(), id);
+    assert.deepEqual((await listed("--state", "paused")).map((s) => s.sandboxId), [id]);
+    assert.equal((await ok(["resume", id])).trim(), id);
+    assert.equal((await listed()).find((s) => s.sandboxId === id)?.state, "running");
+    assert.equal(await ok(["exec", id, "--", "cat /root/mark"]), "kept\n", "files survive pause and resume");
+
+    const forked = await ok(["fork", id, "-n", "1"]);
+    assert.match(forked, /^\S+\n$/, "fork prints one id per line");
+    const forkId = forked.trim();
+    assert.notEqual(forkId, id);
+    assert.equal(await ok(["exec", forkId, "--", 'cat /root/mark; echo "$GREETING"']), "kept\nhi\n", "a fork starts where its source was");
+
+    assert.equal((await ok(["kill", id])).trim(), id);
+    assert.equal((await ok(["kill", forkId])).trim(), forkId);
+    const left = (await listed()).map((s) => s.sandboxId);
+    assert.ok(!left.includes(id) && !left.includes(forkId), `killed sandboxes are not live: ${left.join(" ")}`);
+    assert.equal((await cli(["kill", id])).code, 0, "killing a stopped sandbox again is no error");
+    const gone = await cli(["exec", id, "--", "true"]);
+    assert.equal(gone.code, 1);
+    assert.match(gone.stderr, new RegExp(`^codecourier: .*${id}`, "m"));
+
+    // Newest first: a snapshot is refused while a later one builds on it.
+    const allSnapshots = JSON.parse(await ok(["snapshots", "--json"])) as Array<{ snapshotId: string; createdAt: string }>;
+    for (const snapshot of allSnapshots.sort((a, b) => b.createdAt.localeCompare(a.createdAt))) {
+      assert.equal((await ok(["snapshots", "rm", snapshot.snapshotId])).trim(), snapshot.snapshotId);
+    }
+    assert.deepEqual(JSON.parse(await ok(["snapshots", "--json"])), []);
+  });
+
+  it("reports an unknown sandbox, a wrong key and usage errors on stderr, exit 1 (2 for usage)", async () => {
+    const unknown = await cli(["exec", "sb_doesnotexist", "--", "true"]);
+    assert.equal(unknown.code, 1);
+    assert.equal(unknown.stdout, "");
+    assert.match(unknown.stderr, /^codecourier: .*sb_doesnotexist/m);
+
+    const wrongKey = await cli(["ls", "--api-key", "cc_not-a-real-key"]);
+    assert.equal(wrongKey.code, 1);
+    assert.match(wrongKey.stderr, /^codecourier: .*API key/m);
+
+    const fromEnv = await cli(["ls"]);
+    assert.equal(fromEnv.code, 0, "the key from the environment works");
+    assert.equal((await cli(["snapshots", "rm", "snap_nope"])).code, 1);
+    assert.equal((await cli(["exec", "sb_x"])).code, 2, "exec without a command");
+    assert.equal((await cli(["create", "--env", "NOEQUALS"])).code, 2);
+    assert.equal((await cli(["create", "--on-timeout", "never"])).code, 2);
+  });
+});
