@@ -1,44 +1,13 @@
 // The sandbox commands (create, exec, ls, snapshot, pause, resume, fork, kill, snapshots) as child processes
 // against a real server (npm start's entry point) with real VMs, in a data dir of its own.
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
-import { copyFile, mkdir, mkdtemp, rm, symlink } from "node:fs/promises";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
+import { spawn } from "node:child_process";
 import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { dataDir } from "@codecourier/engine";
+import { startLocalServer, type LocalServer } from "@codecourier/engine";
 
 const cliMain = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "codecourier.js");
-const serverMain = join(dirname(fileURLToPath(import.meta.resolve("@codecourier/engine"))), "server", "main.js");
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/**
- * A fresh data dir sharing the default one's guest images, downloads and accelerator probe (what the engine's
- * isolatedDataDir test helper does), so that the server's recovery never touches other VMs on this host.
- */
-async function isolatedHome(): Promise<string> {
-  const shared = dataDir();
-  const home = await mkdtemp(join(tmpdir(), "cccli-"));
-  await mkdir(join(shared, "images"), { recursive: true });
-  await symlink(join(shared, "images"), join(home, "images"));
-  if (existsSync(join(shared, "downloads"))) await symlink(join(shared, "downloads"), join(home, "downloads"));
-  if (existsSync(join(shared, "accel.json"))) await copyFile(join(shared, "accel.json"), join(home, "accel.json"));
-  return home;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port"))));
-    });
-  });
-}
-
 interface CliResult {
   code: number | null;
   stdout: string;
@@ -53,9 +22,7 @@ interface SandboxJson {
 }
 
 describe("codecourier sandbox commands (real server, real VMs)", () => {
-  let home: string;
-  let server: ChildProcess;
-  let serverLog = "";
+  let server: LocalServer;
   let env: NodeJS.ProcessEnv;
 
   /** The CLI, asynchronously: a blocking spawnSync would stop us draining the server's stderr pipe. */
@@ -81,33 +48,14 @@ describe("codecourier sandbox commands (real server, real VMs)", () => {
   const listed = async (...args: string[]): Promise<SandboxJson[]> => JSON.parse(await ok(["ls", "--json", ...args])) as SandboxJson[];
 
   before(async () => {
-    home = await isolatedHome();
-    const port = await freePort();
-    server = spawn(process.execPath, [serverMain], {
-      env: { ...process.env, CODECOURIER_HOME: home, CODECOURIER_PORT: String(port), CODECOURIER_POOL_SIZE: "1" },
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    server.stderr!.on("data", (chunk: Buffer) => (serverLog += chunk.toString()));
-    const deadline = Date.now() + 300_000;
-    while (!/template base .* ready/.test(serverLog)) {
-      if (server.exitCode !== null || Date.now() > deadline) throw new Error(`server did not get ready:\n${serverLog}`);
-      await sleep(100);
-    }
-    env = { ...process.env, CODECOURIER_HOME: home, CODECOURIER_URL: `http://127.0.0.1:${port}`, CODECOURIER_QUIET: "" };
+    server = await startLocalServer({ prefix: "cccli-" });
+    env = { ...process.env, CODECOURIER_HOME: server.home, CODECOURIER_URL: server.url, CODECOURIER_QUIET: "" };
     delete env.CODECOURIER_API_KEY;
     const key = JSON.parse(await ok(["keys", "create", "--tenant", "t", "--json"])) as { apiKey: string };
     env.CODECOURIER_API_KEY = key.apiKey;
   });
 
-  after(async () => {
-    if (server && server.exitCode === null) {
-      const exited = new Promise((resolve) => server.once("exit", resolve));
-      server.kill("SIGTERM");
-      await Promise.race([exited, sleep(20_000)]);
-      server.kill("SIGKILL");
-    }
-    if (home) await rm(home, { recursive: true, force: true });
-  });
+  after(() => server?.stop());
 
   it("creates, runs commands in, snapshots, pauses, resumes, forks and kills a sandbox", async () => {
     const created = await cli(["create", "--metadata", "purpose=cli-test", "--env", "GREETING=hi"]);

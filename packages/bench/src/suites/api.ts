@@ -1,50 +1,17 @@
-import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { createRequire } from "node:module";
-import { chooseAccelerator, ControlStore, ensureGuestImage, isolatedDataDir } from "@codecourier/engine";
+import { join } from "node:path";
+import { chooseAccelerator, ControlStore, ensureGuestImage, startLocalServer } from "@codecourier/engine";
 import { createSandbox, type Sandbox } from "@codecourier/sdk";
 import { floorRestore, prepareFloorState } from "../floor-restore.js";
 import { benchHost, type SuiteResult } from "../report.js";
 import { single, summarize, type Metric } from "../stats.js";
 
-const require = createRequire(import.meta.url);
 const FILE_MIB = 1024;
 /** The pool refills 1 s after a hand-out and a restore takes a few seconds under TCG. */
 const POOL_REFILL_WAIT_MS = 6_000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port"))));
-    });
-  });
-}
-
-/** `npm start`'s server in its own data dir (images shared), ready once its default template exists. */
-async function startServer(home: string, log: (line: string) => void): Promise<{ url: string; server: ChildProcess }> {
-  const port = await freePort();
-  const main = join(dirname(require.resolve("@codecourier/engine")), "server", "main.js");
-  const server = spawn(process.execPath, [main], {
-    env: { ...process.env, CODECOURIER_HOME: home, CODECOURIER_PORT: String(port), CODECOURIER_POOL_SIZE: "1" },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  let output = "";
-  server.stderr!.on("data", (chunk: Buffer) => (output += chunk.toString()));
-  const deadline = Date.now() + 300_000;
-  while (!/template base .* ready/.test(output)) {
-    if (server.exitCode !== null || Date.now() > deadline) throw new Error(`server did not get ready:\n${output}`);
-    await sleep(100);
-  }
-  log(`server ready on port ${port}`);
-  return { url: `http://127.0.0.1:${port}`, server };
-}
 
 /** 1 GiB up through the SDK (a stream of distinct 1 MiB pieces) and back down; MB/s each way, sha256 checked. */
 async function fileRoundTrip(sandbox: Sandbox): Promise<{ writeMBps: number; readMBps: number }> {
@@ -86,11 +53,12 @@ export async function apiSuite(runs: number, log: (line: string) => void): Promi
   const { accel, reason } = await chooseAccelerator(image);
   const notes = [`accelerator ${accel}: ${reason}`];
   const metrics: Record<string, Metric> = {};
-  const home = await isolatedDataDir("ccbench-api-");
   const floorDir = await mkdtemp(join(tmpdir(), "cc-bench-floor-"));
-  const { url, server } = await startServer(home, log);
+  const server = await startLocalServer({ prefix: "ccbench-api-" });
+  const { url } = server;
+  log(`server ready at ${url}`);
   try {
-    const store = await ControlStore.openSqlite(join(home, "control.db"));
+    const store = await ControlStore.openSqlite(join(server.home, "control.db"));
     const { apiKey } = await store.createKey("bench");
     await store.close();
     const connection = { url, apiKey };
@@ -143,11 +111,7 @@ export async function apiSuite(runs: number, log: (line: string) => void): Promi
     }
     return { suite: "api", accel, runs, host: await benchHost(), metrics, ratios: { sdkCreateToFirstExecVsFloor: ratio }, notes };
   } finally {
-    const exited = new Promise((resolve) => server.once("exit", resolve));
-    server.kill("SIGTERM");
-    await Promise.race([exited, sleep(30_000)]);
-    server.kill("SIGKILL");
-    await rm(home, { recursive: true, force: true });
+    await server.stop();
     await rm(floorDir, { recursive: true, force: true });
   }
 }

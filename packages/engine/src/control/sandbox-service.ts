@@ -214,13 +214,13 @@ export class SandboxService {
   async listSnapshots(tenant: Tenant): Promise<Array<{ snapshotId: string; sandboxId: string; createdAt: string }>> {
     const rows = await this.store.ownedSnapshots(tenant.id);
     return rows
-      .filter((row) => this.#snapshotExists(row.snapshot_id))
+      .filter((row) => this.engine.hasSnapshot(row.snapshot_id))
       .map((row) => ({ snapshotId: row.snapshot_id, sandboxId: row.sandbox_id, createdAt: new Date(Number(row.created_at)).toISOString() }));
   }
 
   async deleteSnapshot(tenant: Tenant, snapshotId: string): Promise<void> {
     const row = await this.store.ownedSnapshot(tenant.id, snapshotId);
-    if (!row || !this.#snapshotExists(snapshotId)) throw notFound(`no snapshot ${snapshotId}`);
+    if (!row || !this.engine.hasSnapshot(snapshotId)) throw notFound(`no snapshot ${snapshotId}`);
     await this.engine.deleteSnapshot(snapshotId);
     await this.store.forgetSnapshot(snapshotId);
   }
@@ -273,15 +273,6 @@ export class SandboxService {
       return state === "running" || state === "paused" || state === "lost" ? state : state === "creating" ? "running" : "stopped";
     } catch {
       return "stopped";
-    }
-  }
-
-  #snapshotExists(snapshotId: string): boolean {
-    try {
-      this.engine.snapshotInfo(snapshotId);
-      return true;
-    } catch {
-      return false;
     }
   }
 

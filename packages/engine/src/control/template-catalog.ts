@@ -37,7 +37,7 @@ export class TemplateCatalog {
   async snapshotFor(name: string, version: number, cpus: number, memoryMB: number): Promise<string> {
     const key = `${name}@${version}/${cpus}/${memoryMB}`;
     const existing = await this.store.templateSnapshot(name, version, cpus, memoryMB);
-    if (existing !== undefined && this.#stillThere(existing)) {
+    if (existing !== undefined && this.engine.hasSnapshot(existing)) {
       this.engine.warmPool(existing);
       return existing;
     }
@@ -52,14 +52,5 @@ export class TemplateCatalog {
       this.#making.set(key, making);
     }
     return making;
-  }
-
-  #stillThere(snapshotId: string): boolean {
-    try {
-      this.engine.snapshotInfo(snapshotId);
-      return true;
-    } catch {
-      return false;
-    }
   }
 }

@@ -362,6 +362,11 @@ export class SandboxEngine {
     return toSnapshotInfo(row);
   }
 
+  /** Whether a template or snapshot with this id exists and is ready to restore. */
+  hasSnapshot(id: string): boolean {
+    return this.db.snapshot(id)?.state === "ready";
+  }
+
   listSnapshots(): SnapshotInfo[] {
     return this.db.snapshots(["ready"]).filter((row) => row.kind !== "pause").map(toSnapshotInfo);
   }

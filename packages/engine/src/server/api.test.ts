@@ -1,28 +1,14 @@
 // The HTTP API against a real server process (npm start's entry point) with real VMs, in its own data dir:
 // health and OpenAPI without a key, keys from the CLI, tenant isolation, bad input, timeouts.
 import assert from "node:assert/strict";
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { rm } from "node:fs/promises";
-import { createServer } from "node:net";
+import { spawnSync } from "node:child_process";
 import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { isolatedDataDir } from "../testing/isolated-data-dir.js";
+import { startLocalServer, type LocalServer } from "../testing/local-server.js";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const serverMain = join(here, "main.js");
-const cliMain = join(here, "..", "..", "..", "cli", "bin", "codecourier.js");
+const cliMain = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "cli", "bin", "codecourier.js");
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port"))));
-    });
-  });
-}
 
 interface Answer {
   status: number;
@@ -30,10 +16,9 @@ interface Answer {
 }
 
 describe("control-plane API (real server, real VMs)", () => {
+  let server: LocalServer;
   let home: string;
-  let server: ChildProcess;
   let base: string;
-  let serverLog = "";
   let adminKey: string;
   let keyA: string;
   let keyB: string;
@@ -54,34 +39,14 @@ describe("control-plane API (real server, real VMs)", () => {
   };
 
   before(async () => {
-    home = await isolatedDataDir("ccapi-");
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
-    server = spawn(process.execPath, [serverMain], {
-      env: { ...process.env, CODECOURIER_HOME: home, CODECOURIER_PORT: String(port), CODECOURIER_POOL_SIZE: "1", CODECOURIER_REGION: "test-1" },
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    server.stderr!.on("data", (chunk: Buffer) => (serverLog += chunk.toString()));
-    const deadline = Date.now() + 300_000;
-    // Ready once the admin key is printed and the default template exists (a cold boot under TCG).
-    while (!/template base .* ready/.test(serverLog)) {
-      if (server.exitCode !== null || Date.now() > deadline) throw new Error(`server did not get ready:\n${serverLog}`);
-      await sleep(100);
-    }
-    adminKey = /API key for tenant "admin" \(shown once, keep it\): (\S+)/.exec(serverLog)?.[1] ?? "";
+    server = await startLocalServer({ prefix: "ccapi-", env: { CODECOURIER_REGION: "test-1" } });
+    ({ home, url: base } = server);
+    adminKey = /API key for tenant "admin" \(shown once, keep it\): (\S+)/.exec(server.log())?.[1] ?? "";
     keyA = (JSON.parse(cli("keys", "create", "--tenant", "team-a", "--json")) as { apiKey: string }).apiKey;
     keyB = (JSON.parse(cli("keys", "create", "--tenant", "team-b", "--json")) as { apiKey: string }).apiKey;
   });
 
-  after(async () => {
-    if (server && server.exitCode === null) {
-      const exited = new Promise((resolve) => server.once("exit", resolve));
-      server.kill("SIGTERM");
-      await Promise.race([exited, sleep(20_000)]);
-      server.kill("SIGKILL");
-    }
-    if (home) await rm(home, { recursive: true, force: true });
-  });
+  after(() => server?.stop());
 
   it("serves /health and /openapi.json without a key; prints an admin key once on first start", async () => {
     const health = await call("GET", "/health", undefined);

@@ -1,0 +1,63 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { rm } from "node:fs/promises";
+import { createServer } from "node:net";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { isolatedDataDir } from "./isolated-data-dir.js";
+
+const serverMain = join(dirname(fileURLToPath(import.meta.url)), "..", "server", "main.js");
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A server as `npm start` runs it, in a data dir of its own, for tests and benchmarks. */
+export interface LocalServer {
+  readonly url: string;
+  /** Its data dir (CODECOURIER_HOME): `codecourier keys` and ControlStore work on it directly. */
+  readonly home: string;
+  /** Everything the server has written to stderr so far (progress, the first start's admin key). */
+  log(): string;
+  /** SIGTERM (SIGKILL after 20 s), then the data dir is removed. */
+  stop(): Promise<void>;
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port"))));
+    });
+  });
+}
+
+/**
+ * Starts server/main.js on a free port with the images of the default data dir, and resolves once its default
+ * template exists (a cold boot: up to a few minutes under TCG), so the first create comes from a warm pool.
+ */
+export async function startLocalServer(options: { prefix?: string; env?: Record<string, string> } = {}): Promise<LocalServer> {
+  const home = await isolatedDataDir(options.prefix ?? "ccserver-");
+  const port = await freePort();
+  const server: ChildProcess = spawn(process.execPath, [serverMain], {
+    env: { ...process.env, CODECOURIER_POOL_SIZE: "1", ...options.env, CODECOURIER_HOME: home, CODECOURIER_PORT: String(port) },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let output = "";
+  server.stderr!.on("data", (chunk: Buffer) => (output += chunk.toString()));
+  const stop = async () => {
+    if (server.exitCode === null && server.signalCode === null) {
+      const exited = new Promise((resolve) => server.once("exit", resolve));
+      server.kill("SIGTERM");
+      await Promise.race([exited, sleep(20_000)]);
+      server.kill("SIGKILL");
+    }
+    await rm(home, { recursive: true, force: true });
+  };
+  const deadline = Date.now() + 300_000;
+  while (!/template base .* ready/.test(output)) {
+    if (server.exitCode !== null || Date.now() > deadline) {
+      await stop();
+      throw new Error(`the server did not get ready:\n${output}`);
+    }
+    await sleep(100);
+  }
+  return { url: `http://127.0.0.1:${port}`, home, log: () => output, stop };
+}
