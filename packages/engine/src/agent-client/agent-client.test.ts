@@ -307,7 +307,12 @@ describe("AgentClient against the in-process agent", () => {
     await assert.rejects(client.readFileBuffer(dir), { code: "is_directory" });
     await assert.rejects(client.list(path), { code: "not_directory" });
     await assert.rejects(client.stat("relative/path"), { code: "bad_request" });
-    await assert.rejects(client.writeFile(join(dir, "no-such-dir", "x"), "x"), { code: "not_found" });
+    // Missing parent directories are created, as a program writing to a disk would make them.
+    const nested = join(dir, "new-dir", "deeper", "x");
+    assert.equal((await client.writeFile(nested, "x")).size, 1);
+    assert.equal(await readFile(nested, "utf8"), "x");
+    await writeFile(join(dir, "a-file"), "");
+    await assert.rejects(client.writeFile(join(dir, "a-file", "x"), "x"), { code: "not_directory" });
     await assert.rejects(client.readFileBuffer(path, { maxBytes: 1000 }), { code: "too_large" });
     const failedRead = client.readFile(join(dir, "missing"));
     await assert.rejects(async () => {

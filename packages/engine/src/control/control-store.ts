@@ -83,7 +83,8 @@ export interface ApiKeyInfo {
   revokedAt: string | null;
 }
 
-export const DEFAULT_TENANT_LIMITS: TenantLimits = { maxSandboxes: 50, maxCpus: 4, maxMemoryMB: 4096 };
+/** Room for the front page's sample (4 vCPUs, 8192 MB); RAM is only used as the guest touches it. */
+export const DEFAULT_TENANT_LIMITS: TenantLimits = { maxSandboxes: 50, maxCpus: 8, maxMemoryMB: 16384 };
 
 /** The control plane's embedded database: its own file, so `codecourier keys` works while the server runs. */
 export function controlDatabasePath(): string {

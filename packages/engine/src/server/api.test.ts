@@ -39,7 +39,7 @@ describe("control-plane API (real server, real VMs)", () => {
   };
 
   before(async () => {
-    server = await startLocalServer({ prefix: "ccapi-", env: { CODECOURIER_REGION: "test-1" } });
+    server = await startLocalServer({ prefix: "ccapi-", env: { CODECOURIER_REGION: "eu-west-1" } });
     ({ home, url: base } = server);
     adminKey = /API key for tenant "admin" \(shown once, keep it\): (\S+)/.exec(server.log())?.[1] ?? "";
     keyA = (JSON.parse(cli("keys", "create", "--tenant", "team-a", "--json")) as { apiKey: string }).apiKey;
@@ -52,7 +52,7 @@ describe("control-plane API (real server, real VMs)", () => {
     const health = await call("GET", "/health", undefined);
     assert.equal(health.status, 200);
     assert.equal(health.body.ok, true);
-    assert.equal(health.body.region, "test-1");
+    assert.equal(health.body.region, "eu-west-1");
     assert.ok(["kvm", "tcg"].includes(health.body.accel));
     const openapi = await call("GET", "/openapi.json", undefined);
     assert.equal(openapi.status, 200);
@@ -197,7 +197,8 @@ describe("control-plane API (real server, real VMs)", () => {
     assert.equal(written.mode, 0o600);
     assert.equal(await files.read("/root/hello world ü.txt"), "héllo\n", "written through `notes/..`, as the guest resolves it");
     assert.equal((await sandbox.runCommand(["cat", "hello world ü.txt"])).stdout, "héllo\n", "commands run in the same working directory");
-    await assert.rejects(files.write("no-such-dir/x", "x"), sdk.NotFoundError);
+    await files.write("src/components/Button.tsx", "export {}\n"); // parents are created
+    assert.equal((await files.stat("src/components")).type, "directory");
     await sandbox.runCommand("ln -s '../hello world ü.txt' notes/link", { check: true });
     assert.equal(await files.read("notes/link"), "héllo\n", "symlinks are followed by the guest");
     const bytes = new Uint8Array([0, 1, 2, 255]);
@@ -205,7 +206,7 @@ describe("control-plane API (real server, real VMs)", () => {
     assert.deepEqual(await files.read("bin.dat", { format: "bytes" }), bytes);
     assert.deepEqual(
       (await files.list("/root")).filter((e) => !e.name.startsWith(".")).map((e) => [e.name, e.type]).sort(),
-      [["bin.dat", "file"], ["hello world ü.txt", "file"], ["notes", "directory"]],
+      [["bin.dat", "file"], ["hello world ü.txt", "file"], ["notes", "directory"], ["src", "directory"]],
     );
     assert.equal(await files.exists("bin.dat"), true);
     assert.equal(await files.exists("nope"), false);
@@ -240,6 +241,25 @@ describe("control-plane API (real server, real VMs)", () => {
     }
     assert.equal(received, 64 << 20);
     assert.equal(downHash.digest("hex"), expected);
+  });
+
+  it("runs the front page's sample (examples/seed-sample.ts) as written", async () => {
+    const sample = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "..", "examples", "dist", "seed-sample.js");
+    const { spawn } = await import("node:child_process");
+    const run = spawn(process.execPath, [sample], { env: { ...process.env, CODECOURIER_URL: base, CODECOURIER_API_KEY: keyA }, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    run.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+    run.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    const code = await new Promise((resolve) => run.once("close", resolve));
+    assert.equal(code, 0, `the sample failed:\n${stdout}\n${stderr}`);
+    assert.match(stdout, /^migration exited 0: pnpm db:migrate would run against postgres:\/\/…$/m);
+    assert.match(stdout, /^snapshot snap-/m);
+    assert.match(stdout, /^paused: paused$/m);
+    assert.match(stdout, /^read back \d+ bytes, identical$/m);
+    const id = /^sandbox (\S+)$/m.exec(stdout)?.[1] ?? "";
+    const info = await call("GET", `/v1/sandboxes/${id}`, keyA);
+    assert.deepEqual([info.body.cpu, info.body.memoryMB, info.body.region, info.body.state], [4, 8192, "eu-west-1", "stopped"]);
   });
 
   it("kills a sandbox past its timeout, or pauses it when asked to; connect resumes a paused one", async () => {

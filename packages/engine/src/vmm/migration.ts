@@ -28,7 +28,9 @@ async function setIgnoreShared(qmp: QmpClient, on: boolean): Promise<void> {
 /** Polls query-migrate until the migration completed; throws on failure or at the deadline. */
 export async function waitForMigration(qmp: QmpClient, deadline: number, what: string): Promise<MigrationInfo> {
   for (;;) {
-    const info = await qmp.execute<MigrationInfo>("query-migrate");
+    // While it sends the last pages with the vCPUs stopped, QEMU's migration thread holds the big lock and QMP
+    // answers only afterwards: seconds for a large guest. So a query may take as long as the migration may.
+    const info = await qmp.execute<MigrationInfo>("query-migrate", undefined, Math.max(10_000, deadline - Date.now()));
     if (info.status === "completed") return info;
     if (info.status === "failed" || info.status === "cancelled") {
       throw new MigrationError(`${what} ${info.status}: ${info["error-desc"] ?? "QEMU gave no reason"}`);
