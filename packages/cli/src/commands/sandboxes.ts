@@ -1,8 +1,8 @@
 import { Option, type Command } from "commander";
-import { Sandbox, SandboxGoneError, createSandbox, listSandboxes, type SandboxInfo, type SandboxState } from "@codecourier/sdk";
+import { Sandbox, createSandbox, listSandboxes, type SandboxInfo, type SandboxState } from "@codecourier/sdk";
 import { connection, withConnectionOptions, type ConnectionFlags } from "../connection.js";
 import { collectKeyValues, parsePositiveInt } from "../parse.js";
-import { progress, withProgress } from "../progress.js";
+import { withProgress } from "../progress.js";
 import { printJson, printTable, shortTime } from "../table.js";
 
 interface CreateFlags extends ConnectionFlags {
@@ -117,12 +117,7 @@ export function registerSandboxCommands(program: Command): void {
     .description("End a sandbox for good (one that has already stopped is no error)")
     .argument("<id>", "the sandbox")
     .action(async (id: string, flags: ConnectionFlags) => {
-      try {
-        await (await handle(id, flags)).kill();
-      } catch (error) {
-        if (!(error instanceof SandboxGoneError)) throw error;
-        progress(`${id} had already stopped`);
-      }
+      await (await handle(id, flags)).kill(); // the server answers an already-ended sandbox's kill as done
       console.log(id);
     });
 }

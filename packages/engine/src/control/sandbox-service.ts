@@ -123,8 +123,10 @@ export class SandboxService {
     return { sandboxes: page, nextCursor: more && last ? encodeCursor(last) : null };
   }
 
+  /** Idempotent: killing a sandbox of this tenant that has already ended changes nothing and is no error. */
   async kill(tenant: Tenant, sandboxId: string): Promise<void> {
     await this.#owned(tenant, sandboxId);
+    if (!LIVE_STATES.includes(this.#state(sandboxId))) return;
     await this.engine.kill(sandboxId);
     await this.store.setSandboxTimeout(sandboxId, null);
   }

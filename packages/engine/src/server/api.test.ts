@@ -127,6 +127,7 @@ describe("control-plane API (real server, real VMs)", () => {
 
     assert.equal((await call("DELETE", `/v1/sandboxes/${id}`, keyA)).status, 204);
     assert.equal((await call("GET", `/v1/sandboxes/${id}`, keyA)).body.state, "stopped");
+    assert.equal((await call("DELETE", `/v1/sandboxes/${id}`, keyA)).status, 204, "a kill is idempotent");
     assert.equal((await call("DELETE", `/v1/snapshots/${snapshotId}`, keyA)).status, 204);
   });
 
