@@ -65,11 +65,11 @@ export type ApiSandbox = z.infer<typeof SandboxSchema>;
 export const ListSandboxesQuerySchema = z
   .object({
     state: SandboxStateSchema.optional(),
-    /** metadata filter, as `key=value` (repeatable as metadata.key=value in the query string). */
     limit: z.coerce.number().int().min(1).max(API_LIMITS.maxPageSize).default(100),
     /** Opaque cursor from a previous page's nextCursor. */
     cursor: z.string().max(200).optional(),
   })
+  /** Metadata filters: `metadata.KEY=VALUE` parameters (a sandbox must match all of them). */
   .catchall(z.string());
 
 export const SandboxListSchema = z.object({

@@ -263,7 +263,7 @@ export class Command implements RegisteredCommand {
       );
       if (cwdMissing) return `working directory does not exist: ${this.spec.cwd}`;
     }
-    return describeSpawnError(error);
+    return error.message;
   }
 
   #finish(exit: ExecExit): void {
@@ -292,8 +292,4 @@ function currentIdentity(): { home: string; name?: string } {
     home: isRoot ? "/root" : (process.env.HOME ?? "/"),
     name: isRoot ? "root" : process.env.USER,
   };
-}
-
-function describeSpawnError(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

@@ -64,9 +64,9 @@ export class SandboxService {
     if (memoryMB > limits.maxMemoryMB) {
       throw new ApiError("quota_exceeded", `memoryMB ${memoryMB} is over this tenant's limit of ${limits.maxMemoryMB}`);
     }
-    const live = (await this.store.ownedSandboxes(tenant.id)).filter((row) => LIVE_STATES.includes(this.#state(row.sandbox_id)));
-    if (live.length >= limits.maxSandboxes) {
-      throw new ApiError("quota_exceeded", `this tenant already has ${live.length} sandboxes, its limit; kill some first`);
+    const live = await this.#liveCount(tenant);
+    if (live >= limits.maxSandboxes) {
+      throw new ApiError("quota_exceeded", `this tenant already has ${live} sandboxes, its limit; kill some first`);
     }
 
     const snapshotId = await this.templates.snapshotFor(name, version, cpus, memoryMB);
@@ -126,7 +126,7 @@ export class SandboxService {
   /** Idempotent: killing a sandbox of this tenant that has already ended changes nothing and is no error. */
   async kill(tenant: Tenant, sandboxId: string): Promise<void> {
     await this.#owned(tenant, sandboxId);
-    if (!LIVE_STATES.includes(this.#state(sandboxId))) return;
+    if (!this.#isLive(sandboxId)) return;
     await this.engine.kill(sandboxId);
     await this.store.setSandboxTimeout(sandboxId, null);
   }
@@ -134,8 +134,9 @@ export class SandboxService {
   async setTimeout(tenant: Tenant, sandboxId: string, timeoutMs: number): Promise<ApiSandbox> {
     const row = await this.#owned(tenant, sandboxId);
     this.#requireLive(row);
-    await this.store.setSandboxTimeout(sandboxId, Date.now() + timeoutMs);
-    return this.get(tenant, sandboxId);
+    const timeoutAt = Date.now() + timeoutMs;
+    await this.store.setSandboxTimeout(sandboxId, timeoutAt);
+    return this.#toApi({ ...row, timeout_at: timeoutAt });
   }
 
   async runCommand(tenant: Tenant, sandboxId: string, body: unknown): Promise<ApiCommandResult> {
@@ -171,15 +172,15 @@ export class SandboxService {
   }
 
   async pause(tenant: Tenant, sandboxId: string): Promise<ApiSandbox> {
-    await this.#owned(tenant, sandboxId);
+    const row = await this.#owned(tenant, sandboxId);
     await this.engine.pause(sandboxId);
-    return this.get(tenant, sandboxId);
+    return this.#toApi(row);
   }
 
   async resume(tenant: Tenant, sandboxId: string): Promise<ApiSandbox> {
-    await this.#owned(tenant, sandboxId);
+    const row = await this.#owned(tenant, sandboxId);
     await this.engine.resume(sandboxId);
-    return this.get(tenant, sandboxId);
+    return this.#toApi(row);
   }
 
   /** For SDK connect(): a paused sandbox is resumed; a running one is returned as it is. */
@@ -202,8 +203,7 @@ export class SandboxService {
       template = await this.#owned(tenant, sourceId);
       snapshotId = (await this.snapshot(tenant, sourceId)).snapshotId;
     }
-    const live = (await this.store.ownedSandboxes(tenant.id)).filter((row) => LIVE_STATES.includes(this.#state(row.sandbox_id)));
-    if (live.length + count > tenant.limits.maxSandboxes) {
+    if ((await this.#liveCount(tenant)) + count > tenant.limits.maxSandboxes) {
       throw new ApiError("quota_exceeded", `forking ${count} would exceed this tenant's limit of ${tenant.limits.maxSandboxes} sandboxes`);
     }
     const forks = await this.engine.fork(snapshotId, count);
@@ -253,8 +253,16 @@ export class SandboxService {
     return row;
   }
 
+  #isLive(sandboxId: string): boolean {
+    return LIVE_STATES.includes(this.#state(sandboxId));
+  }
+
+  async #liveCount(tenant: Tenant): Promise<number> {
+    return (await this.store.ownedSandboxes(tenant.id)).filter((row) => this.#isLive(row.sandbox_id)).length;
+  }
+
   #requireLive(row: SandboxOwnerRow): void {
-    if (!LIVE_STATES.includes(this.#state(row.sandbox_id))) throw new ApiError("not_found", `sandbox ${row.sandbox_id} is no longer running`);
+    if (!this.#isLive(row.sandbox_id)) throw new ApiError("not_found", `sandbox ${row.sandbox_id} is no longer running`);
   }
 
   /** The tenant's sandbox, running (a paused one is resumed): what the files routes work on. */

@@ -12,7 +12,7 @@ export class WarmPool {
   readonly #ready = new Map<string, string[]>();
   readonly #filling = new Map<string, Promise<void>>();
   readonly #wanted = new Set<string>();
-  readonly #delayed = new Map<string, { timer: NodeJS.Timeout; done: Promise<void>; fire: () => void }>();
+  readonly #delayed = new Map<string, { done: Promise<void>; fire: () => void }>();
   #closed = false;
 
   constructor(
@@ -78,7 +78,7 @@ export class WarmPool {
       };
     });
     const timer = setTimeout(() => fire(), this.refillDelayMs);
-    this.#delayed.set(snapshotId, { timer, done, fire });
+    this.#delayed.set(snapshotId, { done, fire });
   }
 
   #refill(snapshotId: string): void {
