@@ -38,7 +38,7 @@ export class ApiClient {
    * The raw answer, for byte streams (file content): `body` is sent as is. An error answer still becomes its typed
    * CodeCourierError; a success answer's body is the caller's to read.
    */
-  async raw(method: "GET" | "PUT", path: string, request: RawRequest = {}): Promise<Response> {
+  async raw(method: "GET" | "PUT" | "POST" | "DELETE", path: string, request: RawRequest = {}): Promise<Response> {
     const query = request.query?.toString();
     const url = `${this.url}${path}${query ? `?${query}` : ""}`;
     const headers: Record<string, string> = { authorization: `Bearer ${this.#apiKey}` };

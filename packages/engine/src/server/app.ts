@@ -1,25 +1,15 @@
-import {
-  CommandResultSchema,
-  CreateSandboxRequestSchema,
-  DirEntrySchema,
-  FileStatSchema,
-  ErrorBodySchema,
-  ForkRequestSchema,
-  RunCommandRequestSchema,
-  SandboxListSchema,
-  SandboxSchema,
-  SetTimeoutRequestSchema,
-  SnapshotResultSchema,
-} from "@codecourier/protocol/api";
-import { Readable } from "node:stream";
+import { ErrorBodySchema } from "@codecourier/protocol/api";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { z } from "zod";
 import { ENGINE_VERSION } from "../config.js";
 import type { ControlStore, Tenant } from "../control/control-store.js";
-import { resolveInSandbox, type SandboxService } from "../control/sandbox-service.js";
+import type { SandboxService } from "../control/sandbox-service.js";
 import type { GuestImage } from "../images/guest-image.js";
 import type { AcceleratorChoice } from "../vmm/accel.js";
 import { ApiError, toApiError } from "./api-error.js";
+import { StreamAnswer, type RouteSpec } from "./route.js";
+import { fileRoutes } from "./routes/files.js";
+import { sandboxRoutes } from "./routes/sandboxes.js";
 
 export interface AppContext {
   accel: AcceleratorChoice;
@@ -34,112 +24,6 @@ export interface AppContext {
 
 /** Request bodies are JSON commands and small files; bulk data takes the files routes (streamed). */
 export const API_BODY_LIMIT_BYTES = 20 * 1024 * 1024;
-
-type Handler = (tenant: Tenant, request: FastifyRequest) => Promise<unknown>;
-
-/** A handler's answer that is a byte stream (file content), not JSON. */
-export class StreamAnswer {
-  constructor(
-    readonly stream: Readable,
-    readonly contentType = "application/octet-stream",
-  ) {}
-}
-
-interface RouteSpec {
-  method: "GET" | "POST" | "PUT" | "DELETE";
-  url: string;
-  summary: string;
-  body?: z.ZodType;
-  response?: z.ZodType;
-  /** Answer status on success (default 200; 204 sends no body). */
-  status?: number;
-  handler: Handler;
-}
-
-const params = (request: FastifyRequest) => request.params as Record<string, string>;
-const FilePathQuerySchema = z.object({ path: z.string().min(1).max(4096) }).strict();
-const FileWriteQuerySchema = z
-  .object({ path: z.string().min(1).max(4096), mode: z.string().regex(/^[0-7]{1,4}$/, "mode is octal, e.g. 644").optional() })
-  .strict();
-
-function fileRoutes(sandboxes: SandboxService): RouteSpec[] {
-  const sandbox = (t: Tenant, r: FastifyRequest) => sandboxes.runningSandbox(t, params(r).sandboxId!);
-  return [
-    {
-      method: "GET",
-      url: "/v1/sandboxes/:sandboxId/files/content",
-      summary: "Read a file (streamed bytes); ?path= absolute or relative to /root",
-      handler: async (t, r) => {
-        const { path } = FilePathQuerySchema.parse(r.query);
-        const running = await sandbox(t, r);
-        const guestPath = resolveInSandbox(path);
-        // The first stat answers "not found" / "is a directory" as a clean error before any byte is sent.
-        const info = await running.agent.stat(guestPath);
-        if (info.type === "directory") throw new ApiError("bad_request", `${path} is a directory`);
-        return new StreamAnswer(running.agent.readFile(guestPath));
-      },
-    },
-    {
-      method: "PUT",
-      url: "/v1/sandboxes/:sandboxId/files/content",
-      summary: "Write a file atomically from the request body (application/octet-stream); ?path=&mode=",
-      response: FileStatSchema,
-      handler: async (t, r) => {
-        const { path, mode } = FileWriteQuerySchema.parse(r.query);
-        if (!(r.body instanceof Readable)) throw new ApiError("bad_request", "send the file's content as the body, with content-type application/octet-stream");
-        const running = await sandbox(t, r);
-        return running.agent.writeFile(resolveInSandbox(path), r.body, { mode: mode === undefined ? undefined : parseInt(mode, 8) });
-      },
-    },
-    {
-      method: "GET",
-      url: "/v1/sandboxes/:sandboxId/files/stat",
-      summary: "A file's type, size, mode and mtime",
-      response: FileStatSchema,
-      handler: async (t, r) => (await sandbox(t, r)).agent.stat(resolveInSandbox(FilePathQuerySchema.parse(r.query).path)),
-    },
-    {
-      method: "GET",
-      url: "/v1/sandboxes/:sandboxId/files/list",
-      summary: "A directory's entries",
-      response: z.object({ entries: z.array(DirEntrySchema) }),
-      handler: async (t, r) => ({ entries: await (await sandbox(t, r)).agent.list(resolveInSandbox(FilePathQuerySchema.parse(r.query).path)) }),
-    },
-  ];
-}
-
-function sandboxRoutes(sandboxes: SandboxService): RouteSpec[] {
-  return [
-    { method: "POST", url: "/v1/sandboxes", summary: "Create a sandbox", body: CreateSandboxRequestSchema, response: SandboxSchema, status: 201, handler: (t, r) => sandboxes.create(t, r.body) },
-    { method: "GET", url: "/v1/sandboxes", summary: "List sandboxes (filter: state, metadata.KEY=VALUE; paginated)", response: SandboxListSchema, handler: (t, r) => sandboxes.list(t, r.query) },
-    { method: "GET", url: "/v1/sandboxes/:sandboxId", summary: "Get a sandbox", response: SandboxSchema, handler: (t, r) => sandboxes.get(t, params(r).sandboxId!) },
-    { method: "DELETE", url: "/v1/sandboxes/:sandboxId", summary: "Kill a sandbox", status: 204, handler: (t, r) => sandboxes.kill(t, params(r).sandboxId!) },
-    {
-      method: "POST",
-      url: "/v1/sandboxes/:sandboxId/timeout",
-      summary: "Set the sandbox's timeout, counted from now",
-      body: SetTimeoutRequestSchema,
-      response: SandboxSchema,
-      handler: (t, r) => sandboxes.setTimeout(t, params(r).sandboxId!, SetTimeoutRequestSchema.parse(r.body).timeoutMs),
-    },
-    { method: "POST", url: "/v1/sandboxes/:sandboxId/connect", summary: "Connect (resumes a paused sandbox)", response: SandboxSchema, handler: (t, r) => sandboxes.connect(t, params(r).sandboxId!) },
-    { method: "POST", url: "/v1/sandboxes/:sandboxId/commands", summary: "Run a command to completion", body: RunCommandRequestSchema, response: CommandResultSchema, handler: (t, r) => sandboxes.runCommand(t, params(r).sandboxId!, r.body) },
-    { method: "POST", url: "/v1/sandboxes/:sandboxId/snapshot", summary: "Snapshot a running sandbox (it keeps running)", response: SnapshotResultSchema, status: 201, handler: (t, r) => sandboxes.snapshot(t, params(r).sandboxId!) },
-    { method: "POST", url: "/v1/sandboxes/:sandboxId/pause", summary: "Pause a sandbox (its memory is saved, its VM stops)", response: SandboxSchema, handler: (t, r) => sandboxes.pause(t, params(r).sandboxId!) },
-    { method: "POST", url: "/v1/sandboxes/:sandboxId/resume", summary: "Resume a paused sandbox", response: SandboxSchema, handler: (t, r) => sandboxes.resume(t, params(r).sandboxId!) },
-    {
-      method: "POST",
-      url: "/v1/sandboxes/:sandboxId/fork",
-      summary: "Fork a sandbox or snapshot into new sandboxes",
-      body: ForkRequestSchema,
-      response: z.object({ sandboxes: z.array(SandboxSchema) }),
-      status: 201,
-      handler: async (t, r) => ({ sandboxes: await sandboxes.fork(t, params(r).sandboxId!, ForkRequestSchema.parse(r.body ?? {}).count) }),
-    },
-    { method: "GET", url: "/v1/snapshots", summary: "List snapshots", handler: async (t) => ({ snapshots: await sandboxes.listSnapshots(t) }) },
-    { method: "DELETE", url: "/v1/snapshots/:snapshotId", summary: "Delete a snapshot", status: 204, handler: (t, r) => sandboxes.deleteSnapshot(t, params(r).snapshotId!) },
-  ];
-}
 
 /**
  * The HTTP API. `GET /health` and `GET /openapi.json` need no key; every other route authenticates the caller's
