@@ -7,6 +7,7 @@ import { CommandRegistry } from "./commands/registry.js";
 import { HelperSpawner, NodeSpawner, type Spawner } from "./commands/spawner.js";
 import { IdentityRefresher, type IdentityOptions } from "./identity/refresh.js";
 import { ProcessCensus } from "./activity/process-census.js";
+import { FileWatches } from "./files/watch.js";
 import { logProblem } from "./log.js";
 import { createAgentHttp2Server, type AgentState } from "./server.js";
 
@@ -20,6 +21,8 @@ export interface AgentOptions {
   identity?: IdentityOptions;
   /** The guest-spawner helper that starts commands; unset (an agent outside a guest): Node's own spawn. */
   spawnerPath?: string;
+  /** The guest-watch helper behind GET /v1/files/watch; unset: watches are refused. */
+  watcherPath?: string;
 }
 
 /** One HTTP/2 session served over one host connection. */
@@ -44,6 +47,7 @@ export class Agent implements AgentState {
   readonly identity: IdentityRefresher;
   readonly spawner: Spawner;
   readonly census: ProcessCensus;
+  readonly watches: FileWatches;
   readonly #server: Http2Server;
   readonly #sessionIds = new WeakMap<object, string>();
 
@@ -56,6 +60,7 @@ export class Agent implements AgentState {
     this.spawner = options.spawnerPath === undefined ? new NodeSpawner() : new HelperSpawner(options.spawnerPath);
     // After the helpers started: everything running now is plumbing.
     this.census = new ProcessCensus();
+    this.watches = new FileWatches(options.watcherPath, this.spawner);
     this.#server = createAgentHttp2Server(this);
   }
 

@@ -373,6 +373,26 @@ describe("agent routes", () => {
       assert.equal(notJson.status, 400);
     }));
 
+  it("validates resize bodies, and answers 404 for an unknown command and 400 for a command without a pty", () =>
+    withLoopback(async (client) => {
+      const resize = (id: string, body: string) => request(client, { ":method": "POST", ":path": AgentPath.resize(id) }, body);
+      for (const body of ["{", "[]", '{"rows":0,"cols":80}', '{"rows":24,"cols":1001}', '{"rows":24}', '{"rows":24,"cols":80,"x":1}']) {
+        const response = await resize("no-such-id", body);
+        assert.equal(response.status, 400, body);
+      }
+      assert.equal((await resize("no-such-id", '{"rows":24,"cols":80}')).status, 404);
+      const stream = client.request(
+        { ":method": "POST", ":path": AgentPath.exec, [EXEC_SPEC_HEADER]: encodeExecSpecHeader({ argv: ["sleep", "100"] }) },
+        { endStream: true },
+      );
+      stream.on("error", () => {});
+      const id = String(((await new Promise((resolve) => stream.once("response", resolve))) as Record<string, unknown>)[EXEC_ID_HEADER]);
+      const refused = await resize(id, '{"rows":24,"cols":80}');
+      assert.equal(refused.status, 400);
+      assert.match(JSON.parse(refused.body.toString()).error.message, /not started with a pty/);
+      stream.close();
+    }));
+
   it("limits concurrent commands with 429 too_many_commands", () =>
     withLoopback(
       async (client, agent) => {
@@ -418,6 +438,7 @@ describe("exec spec validation", () => {
     const spec = { argv: ["ls", "-l"], env: { A: "1" }, cwd: "/tmp", user: "nobody", timeoutMs: 5, stdin: false };
     assert.deepEqual(validateExecSpec(spec), spec);
     assert.deepEqual(validateExecSpec({ shell: "true", user: 1000 }), { shell: "true", user: 1000 });
+    assert.deepEqual(validateExecSpec({ shell: "sh", pty: { rows: 1, cols: 1000 } }), { shell: "sh", pty: { rows: 1, cols: 1000 } });
   });
 
   it("rejects malformed specs", () => {
@@ -438,6 +459,9 @@ describe("exec spec validation", () => {
     rejects({ shell: "x", timeoutMs: 0 });
     rejects({ shell: "x", timeoutMs: 1.5 });
     rejects({ shell: "x", stdin: "yes" });
+    for (const pty of [null, "24x80", { rows: 24 }, { rows: 0, cols: 80 }, { rows: 24, cols: 1001 }, { rows: 24.5, cols: 80 }, { rows: 24, cols: 80, x: 1 }]) {
+      rejects({ shell: "x", pty });
+    }
   });
 });
 

@@ -12,8 +12,8 @@ process.on("uncaughtException", (error) => logProblem("uncaught exception", erro
 process.on("unhandledRejection", (reason) => logProblem("unhandled rejection", reason));
 
 // The system disk's layout is the engine's business: it tells the agent where its helpers live.
-const { values: args } = parseArgs({ options: { "identity-helper": { type: "string" }, spawner: { type: "string" } } });
-const agent = createAgent({ identity: { helperPath: args["identity-helper"] }, spawnerPath: args.spawner });
+const { values: args } = parseArgs({ options: { "identity-helper": { type: "string" }, spawner: { type: "string" }, watcher: { type: "string" } } });
+const agent = createAgent({ identity: { helperPath: args["identity-helper"] }, spawnerPath: args.spawner, watcherPath: args.watcher });
 const { device, io } = await openAgentPort();
 agent.markServing(Number(readFileSync("/proc/uptime", "utf8").split(" ")[0]) * 1000);
 logProblem(`serving on ${device} (pid ${process.pid})`);

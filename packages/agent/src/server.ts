@@ -6,8 +6,11 @@ import { Command, handleExec } from "./commands/exec.js";
 import type { CommandRegistry } from "./commands/registry.js";
 import type { Spawner } from "./commands/spawner.js";
 import { handleSignal } from "./commands/signal.js";
-import { receiveFileContent, sendFileContent } from "./files/content.js";
+import { handleResize } from "./commands/resize.js";
+import { commitUpload, handleFileWrite, sendFileContent } from "./files/content.js";
 import { sendList, sendStat } from "./files/metadata.js";
+import type { FileWatches } from "./files/watch.js";
+import { changeMode, makeDirectory, removePath, renamePath } from "./files/operations.js";
 import { RequestError, badRequest, requirePathParam, sendFailure, sendJson, toRequestError } from "./http/respond.js";
 import type { IdentityRefresher } from "./identity/refresh.js";
 import type { ProcessCensus } from "./activity/process-census.js";
@@ -26,6 +29,7 @@ export interface AgentState {
   readonly identity: IdentityRefresher;
   readonly spawner: Spawner;
   readonly census: ProcessCensus;
+  readonly watches: FileWatches;
   sessionIdOf(stream: ServerHttp2Stream): string;
 }
 
@@ -75,7 +79,7 @@ async function route(agent: AgentState, stream: ServerHttp2Stream, headers: Inco
       requireMethod(method, "GET");
       return sendJson(stream, 200, {
         runningCommands: agent.commands.size,
-        otherProcesses: await agent.census.otherProcesses([process.pid, agent.identity.helperPid, ...agent.spawner.plumbingPids]),
+        otherProcesses: await agent.census.otherProcesses([process.pid, agent.identity.helperPid, ...agent.spawner.plumbingPids, ...agent.watches.helperPids]),
       } satisfies GuestActivity);
     case AgentPath.commands:
       requireMethod(method, "GET");
@@ -84,17 +88,35 @@ async function route(agent: AgentState, stream: ServerHttp2Stream, headers: Inco
       requireMethod(method, "POST");
       return agent.identity.handle(stream);
     case AgentPath.file:
-      if (method === "PUT") return receiveFileContent(stream, requirePathParam(query), query.get("mode"));
+      if (method === "PUT") return handleFileWrite(stream, requirePathParam(query), query);
       requireMethod(method, "GET");
       return sendFileContent(stream, requirePathParam(query));
     case AgentPath.stat:
       requireMethod(method, "GET");
       return sendStat(stream, requirePathParam(query));
+    case AgentPath.watch:
+      requireMethod(method, "GET");
+      return agent.watches.handle(stream, query);
     case AgentPath.list:
       requireMethod(method, "GET");
-      return sendList(stream, requirePathParam(query));
+      return sendList(stream, requirePathParam(query), query.get("depth"));
+    case AgentPath.mkdir:
+      requireMethod(method, "POST");
+      return makeDirectory(stream, requirePathParam(query), query);
+    case AgentPath.remove:
+      requireMethod(method, "POST");
+      return removePath(stream, requirePathParam(query), query);
+    case AgentPath.rename:
+      requireMethod(method, "POST");
+      return renamePath(stream, requirePathParam(query), query);
+    case AgentPath.chmod:
+      requireMethod(method, "POST");
+      return changeMode(stream, requirePathParam(query), query);
+    case AgentPath.commitUpload:
+      requireMethod(method, "POST");
+      return commitUpload(stream, requirePathParam(query), query);
   }
-  const [, commandId, action] = /^\/v1\/exec\/([^/]+)\/(signal|attach)$/.exec(url.pathname) ?? [];
+  const [, commandId, action] = /^\/v1\/exec\/([^/]+)\/(signal|attach|resize)$/.exec(url.pathname) ?? [];
   if (commandId !== undefined && action === "signal") {
     requireMethod(method, "POST");
     return handleSignal(stream, decodePathSegment(commandId), agent.commands);
@@ -102,6 +124,10 @@ async function route(agent: AgentState, stream: ServerHttp2Stream, headers: Inco
   if (commandId !== undefined && action === "attach") {
     requireMethod(method, "GET");
     return handleAttach(stream, decodePathSegment(commandId), agent.commands);
+  }
+  if (commandId !== undefined && action === "resize") {
+    requireMethod(method, "POST");
+    return handleResize(stream, decodePathSegment(commandId), agent.commands);
   }
   throw new RequestError(404, "not_found", `no such endpoint: ${url.pathname}`);
 }

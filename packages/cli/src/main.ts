@@ -4,6 +4,10 @@ import { registerInfoCommand } from "./commands/info.js";
 import { registerKeysCommands } from "./commands/keys.js";
 import { registerSandboxCommands } from "./commands/sandboxes.js";
 import { registerExecCommand } from "./commands/exec.js";
+import { registerShellCommand } from "./commands/shell.js";
+import { registerLogsCommand } from "./commands/logs.js";
+import { registerCopyCommand } from "./commands/cp.js";
+import { registerServerCommand } from "./commands/server.js";
 import { registerSnapshotCommands } from "./commands/snapshots.js";
 import { fail } from "./progress.js";
 
@@ -20,8 +24,12 @@ const program = new Command()
       "CODECOURIER_API_KEY (create a key on the server's host with `codecourier keys create --tenant NAME`).",
   );
 
+registerServerCommand(program);
 registerSandboxCommands(program);
 registerExecCommand(program);
+registerShellCommand(program);
+registerLogsCommand(program);
+registerCopyCommand(program);
 registerSnapshotCommands(program);
 registerVmCommands(program);
 registerInfoCommand(program);

@@ -5,6 +5,9 @@ import { spawn } from "node:child_process";
 import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { mkdir, mkdtemp, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { Sandbox } from "@codecourier/sdk";
 import { startLocalServer, type LocalServer } from "@codecourier/engine";
 
 const cliMain = join(dirname(fileURLToPath(import.meta.url)), "..", "bin", "codecourier.js");
@@ -124,6 +127,62 @@ describe("codecourier sandbox commands (real server, real VMs)", () => {
       assert.equal((await ok(["snapshots", "rm", snapshot.snapshotId])).trim(), snapshot.snapshotId);
     }
     assert.deepEqual(JSON.parse(await ok(["snapshots", "--json"])), []);
+  });
+
+  it("opens a shell on a terminal, prints a process's logs, and copies files and directories both ways", async () => {
+    const id = (await ok(["create"])).trim();
+    // script(1) gives the CLI a real terminal; what we write to its stdin is typed into it.
+    const shellCommand = `${process.execPath} ${cliMain} shell ${id} --cmd sh`;
+    const shell = await new Promise<CliResult>((resolve, reject) => {
+      const child = spawn("script", ["-qefc", shellCommand, "/dev/null"], { env: { ...env, COLUMNS: "90", LINES: "33" }, stdio: ["pipe", "pipe", "pipe"] });
+      let stdout = "";
+      let stderr = "";
+      child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+      child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+      child.on("error", reject);
+      child.on("close", (code) => resolve({ code, stdout, stderr }));
+      child.stdin.write("tty; echo in-shell-$((6*7))\n");
+      setTimeout(() => child.stdin.end("exit 7\n"), 3000);
+    });
+    assert.equal(shell.code, 7, `shell: ${shell.stdout} ${shell.stderr}`);
+    assert.match(shell.stdout, /in-shell-42/);
+    assert.match(shell.stdout, /\/dev\/pts\/\d+/);
+
+    const sandbox = await Sandbox.connect(id, { url: server.url, apiKey: env.CODECOURIER_API_KEY });
+    const background = await sandbox.runCommand("echo one; echo two >&2; echo three", { background: true });
+    await background.wait();
+    const logs = await cli(["logs", id, background.pid]);
+    assert.equal(logs.code, 0, logs.stderr);
+    assert.equal(logs.stdout, "one\nthree\n");
+    assert.match(logs.stderr, /^two$/m);
+    assert.match(await ok(["logs", id]), new RegExp(`^${background.pid}\\s+exited 0\\s.*echo one`, "m"));
+
+    const local = await mkdtemp(join(tmpdir(), "cccp-"));
+    try {
+      await mkdir(join(local, "tree", "sub dir", "ünï"), { recursive: true });
+      await writeFile(join(local, "tree", "top.txt"), "top\n");
+      await writeFile(join(local, "tree", "sub dir", "ünï", "deep.bin"), Buffer.from([0, 1, 2, 255]));
+      await writeFile(join(local, "single.txt"), "single\n");
+      const mtime = new Date("2024-02-03T04:05:06Z");
+      await utimes(join(local, "single.txt"), mtime, mtime);
+
+      await ok(["cp", join(local, "single.txt"), `${id}:/root/`]);
+      assert.equal(await ok(["exec", id, "--", "cat /root/single.txt; stat -c %Y /root/single.txt"]), `single\n${mtime.getTime() / 1000}\n`);
+      await ok(["cp", join(local, "tree"), `${id}:copied`]);
+      assert.equal(await ok(["exec", id, "--", "cat copied/top.txt; od -An -tu1 'copied/sub dir/ünï/deep.bin' | tr -s ' '"]), "top\n 0 1 2 255\n");
+
+      await ok(["cp", `${id}:copied`, join(local, "back")]);
+      assert.equal(await readFile(join(local, "back", "top.txt"), "utf8"), "top\n");
+      assert.deepEqual([...(await readFile(join(local, "back", "sub dir", "ünï", "deep.bin")))], [0, 1, 2, 255]);
+      await ok(["cp", `${id}:single.txt`, join(local, "single-back.txt")]);
+      assert.equal((await stat(join(local, "single-back.txt"))).mtime.getTime(), mtime.getTime());
+      assert.equal(await ok(["cp", `${id}:/root/single.txt`, "-"]), "single\n");
+      assert.equal((await cli(["cp", join(local, "nope"), `${id}:x`])).code, 1);
+      assert.equal((await cli(["cp", "a", "b"])).code, 2, "both sides local is a usage error");
+    } finally {
+      await rm(local, { recursive: true, force: true });
+      await ok(["kill", id]);
+    }
   });
 
   it("reports an unknown sandbox, a wrong key and usage errors on stderr, exit 1 (2 for usage)", async () => {

@@ -45,18 +45,52 @@ export const AgentPath = {
    * The newest attachment wins: a previous one ends with a `detached` record.
    */
   attach: (id: string) => `/v1/exec/${encodeURIComponent(id)}/attach`,
+  /**
+   * POST /v1/exec/{id}/resize with {@link TerminalSize}: sets the window size of a command started with
+   * {@link ExecSpec.pty} (its foreground process group gets SIGWINCH). 204; 400 for a command without a pty, 404 for
+   * no running command or a terminal that has closed.
+   */
+  resize: (id: string) => `/v1/exec/${encodeURIComponent(id)}/resize`,
   /** GET → {@link BackgroundCommandInfo}[]: running background commands and the last exited ones. */
   commands: "/v1/commands",
   /** GET → {@link GuestActivity}: whether anything runs in the guest (the host stops idle sandboxes' vCPUs). */
   activity: "/v1/activity",
   /** POST {@link IdentityRequest} → {@link IdentityResult}: a fresh clock, CRNG, hostname and machine id. */
   identity: "/v1/identity",
-  /** GET streams the file's bytes, PUT replaces it atomically with the request body. Query: path, mode (PUT). */
+  /**
+   * GET streams the file's bytes, PUT replaces it atomically with the request body → {@link FileStat}. PUT query:
+   * path, mode (octal), mtime (ms since the epoch, set before the rename). With `partial=1&offset=N` instead, PUT
+   * writes the body into `path` at byte N without replacing it (the file is created if missing and cut at N first,
+   * so it holds exactly N + body bytes; N past its end is refused) and fsyncs: one chunk of a resumable upload.
+   */
   file: "/v1/files/content",
   /** GET ?path= → {@link FileStat}. */
   stat: "/v1/files/stat",
-  /** GET ?path= → {@link DirEntry}[]. */
+  /**
+   * GET ?path=&depth= → {@link DirEntry}[] sorted by name. depth N (default 1) walks N levels, names are relative
+   * to `path` ("a/b.txt"), symlinked directories are not followed; more than {@link FILE_LIMITS.maxListedEntries}
+   * entries is a 413.
+   */
   list: "/v1/files/list",
+  /** POST ?path=&recursive=0|1 → {@link FileStat}. recursive (default 1) is `mkdir -p`: an existing directory is fine. */
+  mkdir: "/v1/files/mkdir",
+  /** POST ?path=&recursive=0|1 → 204. A symlink is removed, never followed; a non-empty directory needs recursive=1. */
+  remove: "/v1/files/remove",
+  /** POST ?path=&to= → {@link FileStat} of `to`: rename(2), atomic, replaces an existing file at `to`. */
+  rename: "/v1/files/rename",
+  /** POST ?path=&mode= → {@link FileStat} of what `path` points to: chmod(2), which follows symlinks. */
+  chmod: "/v1/files/chmod",
+  /**
+   * POST ?path=&to=&mode=&mtime= → {@link FileStat} of `to`: the end of a resumable upload. fsyncs the partial file
+   * `path`, gives it its mode (default: the replaced file's, else 0644), owner and mtime, then renames it onto `to`.
+   */
+  commitUpload: "/v1/files/commit",
+  /**
+   * GET ?path=&recursive=0|1 → {@link WATCH_CONTENT_TYPE}: one {@link WatchEvent} per line for as long as the stream
+   * is open. The response headers come once every watch is in place, so nothing done after them is missed.
+   * Closing the stream ends the watch; the body ends by itself when the watched path is deleted or moved away.
+   */
+  watch: "/v1/files/watch",
 } as const;
 
 /** Request header carrying the exec spec as base64url(JSON(ExecSpec)); the request body is the command's stdin. */
@@ -85,7 +119,26 @@ export interface ExecSpec {
    * original stream goes away, whichever comes first. Default false: the command is killed with its stream.
    */
   background?: boolean;
+  /**
+   * Runs the command on a new pseudo-terminal of this size: its stdin, stdout and stderr are the terminal, which is
+   * also its controlling terminal (so Ctrl-C, `\x03` in stdin, interrupts its foreground job), and TERM defaults to
+   * xterm-256color. All its output comes as stdout records (a terminal has no separate stderr), with the terminal's
+   * echo and line endings. The request body is typed into the terminal; its end is no EOF for the command (send
+   * `\x04`). Needs the guest-spawner helper (an agent on Node's own spawn answers 400). Resize with
+   * {@link AgentPath.resize}. In an interactive shell, jobs run in process groups of their own: a signal sent with
+   * {@link AgentPath.signal} reaches the shell's group, a kill or timeout kills the shell and the terminal's hang-up
+   * ends the job in the foreground.
+   */
+  pty?: TerminalSize;
 }
+
+/** A terminal's window size in character cells; each between 1 and {@link TERMINAL_LIMITS}. */
+export interface TerminalSize {
+  rows: number;
+  cols: number;
+}
+
+export const TERMINAL_LIMITS = { maxRows: 1000, maxCols: 1000 } as const;
 
 /**
  * The exec response body is a sequence of records: 1 byte kind, 4 bytes big-endian payload length, payload.
@@ -187,9 +240,48 @@ export interface FileStat {
 }
 
 export interface DirEntry {
+  /** The entry's name; with a listing depth over 1, its path relative to the listed directory ("a/b.txt"). */
   name: string;
   type: FileType;
+  /** lstat's size and mtime (a symlink's own). Optional: agents before them sent neither. */
+  size?: number;
+  mtimeMs?: number;
 }
+
+/** Bounds of the files endpoints, enforced by the agent and checked again by the host. */
+export const FILE_LIMITS = {
+  /** Most entries one listing returns (all levels together). */
+  maxListedEntries: 100_000,
+  /** Largest listing body: the JSON limit does not fit that many entries. */
+  maxListingBytes: 32 * 1024 * 1024,
+  /** Deepest listing. */
+  maxListDepth: 1024,
+} as const;
+
+/** Content type of a watch stream: newline-delimited JSON, one {@link WatchEvent} per line. */
+export const WATCH_CONTENT_TYPE = "application/x-ndjson";
+
+export const WATCH_LIMITS = {
+  /**
+   * Longest line of a watch stream. An event's paths are at most 16 KiB of bytes each (longer ones are reported as
+   * an overflow); two of them JSON-escaped (up to 6 characters a byte) fit.
+   */
+  maxEventBytes: 256 * 1024,
+} as const;
+
+/**
+ * A change under a watched path. Paths are absolute guest paths; bytes of a name that are not UTF-8 become U+FFFD.
+ * `write`: a file opened for writing was closed (one event per writer, once the content is complete), so a new file
+ * written by a program shows as `create` then `write`. `rename`: a move within the watched tree; a move out of it is
+ * a `remove`, a move into it a `create` (with a `create` for everything a directory brings along). `overflow`:
+ * events were lost (the guest's event queue or its watch limit ran over); the tree may need a fresh listing.
+ */
+export type WatchEvent =
+  | { type: "create" | "write" | "remove"; path: string; isDirectory: boolean }
+  | { type: "rename"; path: string; oldPath: string; isDirectory: boolean }
+  | { type: "overflow" };
+
+export type WatchEventType = WatchEvent["type"];
 
 /** JSON error body for any non-2xx agent response. */
 export interface AgentErrorBody {
@@ -204,6 +296,10 @@ export type AgentErrorCode =
   | "permission_denied"
   | "too_large"
   | "too_many_commands"
+  /** rmdir or a rename onto a directory that still has entries. */
+  | "not_empty"
+  /** mkdir without recursive of a path that exists. */
+  | "already_exists"
   /** The last identity refresh failed; the guest runs nothing until one succeeds. */
   | "identity_refresh_failed"
   | "internal";

@@ -12,6 +12,7 @@ const STATUS_OF_CODE = {
   unauthorized: 401,
   forbidden: 403,
   not_found: 404,
+  sandbox_gone: 404,
   conflict: 409,
   payload_too_large: 413,
   quota_exceeded: 429,
@@ -26,7 +27,7 @@ type StatusTableChecked = CoversEveryCode<typeof STATUS_OF_CODE>;
  * What `CodeCourierError.code` can be: an API error code, or one the SDK gives errors that never came from the
  * server. Open-ended, since a newer server may answer with a code this SDK does not know yet.
  */
-export type CodeCourierErrorCode = ApiErrorCode | "timeout" | "command_exit" | "not_supported" | (string & {});
+export type CodeCourierErrorCode = ApiErrorCode | "timeout" | "command_exit" | "not_supported" | "git_failed" | (string & {});
 
 export interface CodeCourierErrorOptions {
   status?: number;
@@ -140,6 +141,50 @@ export class NotSupportedError extends CodeCourierError {
   }
 }
 
+/**
+ * Why a git command failed, read from its messages: switch on this rather than on the text. "other" when none of
+ * the known causes matched (the stderr is still there).
+ */
+export type GitFailureReason =
+  | "not_a_repository"
+  | "authentication_failed"
+  | "repository_not_found"
+  | "network"
+  | "rejected"
+  | "nothing_to_commit"
+  | "identity_unknown"
+  | "conflict"
+  | "already_exists"
+  | "unknown_ref"
+  | "path_not_found"
+  | "timeout"
+  | "git_missing"
+  | "other";
+
+/**
+ * A git command in the sandbox (sandbox.git) failed. Carries the subcommand, the exit code, git's stderr and the
+ * reason; credentials given to the command are replaced by "***" in all of them.
+ */
+export class GitError extends CodeCourierError {
+  override name = "GitError";
+  readonly subcommand: string;
+  readonly exitCode: number | null;
+  readonly stderr: string;
+  readonly reason: GitFailureReason;
+
+  constructor(
+    message: string,
+    details: { subcommand: string; exitCode: number | null; stderr: string; reason: GitFailureReason },
+    options: CodeCourierErrorOptions = {},
+  ) {
+    super(message, withDefaults(options, undefined, "git_failed"));
+    this.subcommand = details.subcommand;
+    this.exitCode = details.exitCode;
+    this.stderr = details.stderr;
+    this.reason = details.reason;
+  }
+}
+
 function codeForStatus(status: number | undefined): string | undefined {
   if (status === undefined) return undefined;
   return Object.entries(STATUS_OF_CODE).find(([, s]) => s === status)?.[0];
@@ -171,8 +216,10 @@ export function errorFromResponse(status: number, bodyText: string): CodeCourier
     case "unauthorized":
     case "forbidden":
       return new AuthError(message, options);
+    case "sandbox_gone":
+      return new SandboxGoneError(message, options);
     case "not_found":
-      // The server's only signal that the id is known but its VM has ended; see SandboxService#requireLive.
+      // Servers before the sandbox_gone code said so only in the message.
       return /is no longer running/.test(message) ? new SandboxGoneError(message, options) : new NotFoundError(message, options);
     case "quota_exceeded":
       return new QuotaError(message, options);

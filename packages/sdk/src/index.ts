@@ -11,6 +11,7 @@ export {
   CodeCourierError,
   CommandExitError,
   ConflictError,
+  GitError,
   NotFoundError,
   NotSupportedError,
   QuotaError,
@@ -18,11 +19,13 @@ export {
   TimeoutError,
   type CodeCourierErrorCode,
   type CodeCourierErrorOptions,
+  type GitFailureReason,
 } from "./errors.js";
 export {
   Sandbox,
   createSandbox,
   listSandboxes,
+  type BackgroundCommandOptions,
   type CommandResult,
   type CreateSandboxOptions,
   type ListSandboxesQuery,
@@ -32,5 +35,35 @@ export {
   type SandboxState,
 } from "./sandbox.js";
 export { SandboxNetwork } from "./network.js";
+export {
+  CommandProcess,
+  PtyProcess,
+  SandboxProcesses,
+  SandboxPty,
+  type OutputChunk,
+  type OutputOptions,
+  type ProcessInfo,
+  type PtyOptions,
+  type PtySize,
+  type StartProcessOptions,
+  type WaitOptions,
+} from "./processes.js";
+export {
+  SandboxGit,
+  type GitChange,
+  type GitCheckoutOptions,
+  type GitCloneOptions,
+  type GitCommandOptions,
+  type GitCommitOptions,
+  type GitCredentials,
+  type GitDiffOptions,
+  type GitFileChange,
+  type GitInitOptions,
+  type GitPushOptions,
+  type GitStatus,
+  type GitStatusOptions,
+} from "./git.js";
+export type { SyncOptions, SyncResult } from "./sync.js";
 export { SandboxFiles, type DirEntry, type FileData, type FileStat, type ReadOptions, type WriteOptions } from "./files.js";
+export type { FileWatch, WatchEvent, WatchOptions } from "./watch.js";
 export { deleteSnapshot, listSnapshots, type SnapshotInfo } from "./snapshots.js";

@@ -10,7 +10,9 @@ import { ApiClient, type RequestOptions } from "./client.js";
 import type { ConnectionOptions } from "./env.js";
 import { CommandExitError, NotFoundError, TimeoutError } from "./errors.js";
 import { SandboxFiles } from "./files.js";
+import { SandboxGit } from "./git.js";
 import { SandboxNetwork } from "./network.js";
+import { SandboxProcesses, SandboxPty, type CommandProcess, type WaitOptions } from "./processes.js";
 
 export type SandboxInfo = ApiSandbox;
 export type SandboxState = ApiSandboxState;
@@ -21,12 +23,22 @@ export type CreateSandboxOptions = CreateSandboxRequest & ConnectionOptions & Re
 
 export type RunCommandOptions = Omit<RunCommandRequest, "cmd" | "argv"> &
   RequestOptions & {
+    /** Called with each piece of stdout as it arrives (the result still holds all of it). */
+    onStdout?: (text: string) => void;
+    onStderr?: (text: string) => void;
     /**
      * Throw unless the command exits 0: CommandExitError, or TimeoutError if it ran past timeoutMs (both carry
      * the result). Off by default because a non-zero exit is often an answer (grep, test), not a failure.
      */
     check?: boolean;
   };
+
+/** runCommand with `background: true`: it answers at once with a process handle (wait, kill, sendStdin, output). */
+export type BackgroundCommandOptions = Omit<RunCommandOptions, "check" | "onStdout" | "onStderr"> & {
+  background: true;
+  /** Keep stdin open for sendStdin() (default false: stdin ends after `stdin`, or at once). */
+  keepStdinOpen?: boolean;
+};
 
 export interface ListSandboxesQuery {
   /** Default: the live ones (running and paused). */
@@ -61,6 +73,9 @@ const asyncDispose: typeof Symbol.asyncDispose = (Symbol.asyncDispose ?? Symbol.
 export class Sandbox {
   readonly network: SandboxNetwork;
   readonly files: SandboxFiles;
+  readonly git: SandboxGit;
+  readonly processes: SandboxProcesses;
+  readonly pty: SandboxPty;
   readonly #client: ApiClient;
   readonly #path: string;
 
@@ -72,6 +87,9 @@ export class Sandbox {
     this.#path = `/v1/sandboxes/${encodeURIComponent(sandboxId)}`;
     this.network = new SandboxNetwork(sandboxId);
     this.files = new SandboxFiles(client, this.#path);
+    this.git = new SandboxGit((argv, options) => this.runCommand(argv, options));
+    this.processes = new SandboxProcesses(client, this.#path);
+    this.pty = new SandboxPty(this.processes);
   }
 
   /** A new sandbox from a template (default "base"). */
@@ -112,14 +130,45 @@ export class Sandbox {
   /**
    * Runs a command to completion and returns its exit status and output, whatever the exit code (see `check`).
    * A string runs with /bin/sh -c; an array is an argv, run without a shell, so its words need no quoting.
+   * With onStdout/onStderr the output also arrives piece by piece as it is written; aborting `signal` then kills
+   * the command. With `background: true` it answers at once with a CommandProcess.
    * A paused sandbox is resumed first.
    */
-  async runCommand(command: string | readonly string[], options: RunCommandOptions = {}): Promise<CommandResult> {
-    const { check, signal, ...rest } = options;
-    const body: RunCommandRequest = typeof command === "string" ? { cmd: command, ...rest } : { argv: [...command], ...rest };
-    const result = await this.#client.request<ApiCommandResult>("POST", `${this.#path}/commands`, { body, signal });
+  runCommand(command: string | readonly string[], options: BackgroundCommandOptions): Promise<CommandProcess>;
+  runCommand(command: string | readonly string[], options?: RunCommandOptions): Promise<CommandResult>;
+  async runCommand(
+    command: string | readonly string[],
+    options: RunCommandOptions | BackgroundCommandOptions = {},
+  ): Promise<CommandResult | CommandProcess> {
+    if ("background" in options && options.background) {
+      const { background: _background, ...start } = options;
+      return this.processes.start(command, start);
+    }
+    const { check, signal, onStdout, onStderr, ...rest } = options as RunCommandOptions;
+    let result: CommandResult;
+    if (onStdout !== undefined || onStderr !== undefined) {
+      result = await this.#runStreamed(command, rest, { onStdout, onStderr, signal });
+    } else {
+      const body: RunCommandRequest = typeof command === "string" ? { cmd: command, ...rest } : { argv: [...command], ...rest };
+      result = await this.#client.request<ApiCommandResult>("POST", `${this.#path}/commands`, { body, signal });
+    }
     if (check) throwUnlessSucceeded(command, result);
     return result;
+  }
+
+  async #runStreamed(
+    command: string | readonly string[],
+    request: Omit<RunCommandRequest, "cmd" | "argv">,
+    options: WaitOptions,
+  ): Promise<CommandResult> {
+    const process = await this.processes.start(command, request);
+    try {
+      return await process.wait(options);
+    } catch (error) {
+      // The caller gave up (abort) or the stream broke: do not leave the command running unseen.
+      await process.kill().catch(() => undefined);
+      throw error;
+    }
   }
 
   /** Saves the running sandbox (it keeps running) and returns the snapshot's id, which `fork` can start from. */

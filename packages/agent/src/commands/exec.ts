@@ -2,17 +2,19 @@ import { randomUUID } from "node:crypto";
 import { stat } from "node:fs/promises";
 import type { IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import type { Readable, Writable } from "node:stream";
-import { EXEC_SPEC_HEADER, OutputKind, type ExecExit, type ExecSpec } from "@codecourier/protocol";
-import { RequestError } from "../http/respond.js";
+import { EXEC_SPEC_HEADER, OutputKind, type ExecExit, type ExecSpec, type TerminalSize } from "@codecourier/protocol";
+import { RequestError, badRequest } from "../http/respond.js";
 import { logProblem } from "../log.js";
 import { Attachment, respondWithRecords } from "./attachment.js";
 import { signalProcessGroup } from "./process-group.js";
 import type { CommandRegistry, RegisteredCommand } from "./registry.js";
 import { parseExecSpecHeader } from "./spec.js";
-import { SpawnError, type SpawnedProcess, type Spawner } from "./spawner.js";
+import { SpawnError, TerminalResizeError, type SpawnedProcess, type Spawner } from "./spawner.js";
 import { UnknownUserError, resolveUser } from "./user.js";
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/** What a command on a pty sees as TERM unless its env says otherwise: what today's terminal emulators speak. */
+const defaultTerminalType = "xterm-256color";
 /**
  * After a timeout kill, how long to keep reading output. A process that escaped the group (setsid) may hold the
  * pipes open forever; past this grace the pipes are closed so that the exit record still goes out.
@@ -31,6 +33,9 @@ export function handleExec(
   spawner: Spawner,
 ): void {
   const spec = parseExecSpecHeader(headers[EXEC_SPEC_HEADER]);
+  if (spec.pty !== undefined && !spawner.supportsTerminals) {
+    throw badRequest("pty needs the guest-spawner helper; this agent starts commands with Node's spawn");
+  }
   if (registry.isFull) {
     throw new RequestError(429, "too_many_commands", `at most ${registry.capacity} commands may run at once`);
   }
@@ -63,6 +68,8 @@ export class Command implements RegisteredCommand {
   #outputPausedFor: Attachment | undefined;
   /** Signals that arrived while the user was still being resolved, delivered right after spawn. */
   readonly #earlySignals: NodeJS.Signals[] = [];
+  /** The latest terminal size asked for before the process existed, applied right after spawn. */
+  #earlyTerminalSize: TerminalSize | undefined;
 
   constructor(
     private readonly spec: ExecSpec,
@@ -110,6 +117,7 @@ export class Command implements RegisteredCommand {
     const argv = spec.argv ?? ["/bin/sh", "-c", spec.shell ?? ""];
     const [file = "", ...args] = argv;
     const env: Record<string, string> = { PATH: defaultPath, HOME: identity.home };
+    if (spec.pty !== undefined) env.TERM = defaultTerminalType;
     if (identity.name !== undefined) Object.assign(env, { USER: identity.name, LOGNAME: identity.name });
     Object.assign(env, spec.env);
 
@@ -123,6 +131,7 @@ export class Command implements RegisteredCommand {
         uid: identity.uid,
         gid: identity.gid,
         stdin: wantsStdin,
+        terminal: spec.pty,
       });
     } catch (error) {
       if (!(error instanceof SpawnError)) throw error;
@@ -147,6 +156,10 @@ export class Command implements RegisteredCommand {
       this.#timer = setTimeout(() => this.#onTimeout(), spec.timeoutMs);
     }
     for (const signal of this.#earlySignals.splice(0)) this.signal(signal);
+    if (this.#earlyTerminalSize !== undefined) {
+      this.resize(this.#earlyTerminalSize).catch((error: unknown) => logProblem(`exec ${this.id}: resize failed`, error));
+      this.#earlyTerminalSize = undefined;
+    }
   }
 
   /** Signals the whole process group. */
@@ -157,6 +170,25 @@ export class Command implements RegisteredCommand {
       return;
     }
     signalProcessGroup(pid, signal);
+  }
+
+  /** Sets the window size of the command's terminal; a RequestError if it has none or it has closed. */
+  async resize(size: TerminalSize): Promise<void> {
+    if (this.spec.pty === undefined) throw badRequest(`command ${this.id} was not started with a pty`);
+    const terminal = this.#child?.terminal;
+    if (terminal === undefined || terminal === null) {
+      // Not spawned yet: the size the host wants last is the one to apply.
+      if (!this.#finished) this.#earlyTerminalSize = size;
+      return;
+    }
+    try {
+      await terminal.resize(size);
+    } catch (error) {
+      if (error instanceof TerminalResizeError && error.code === "ENOENT") {
+        throw new RequestError(404, "not_found", `the terminal of command ${this.id} has closed`);
+      }
+      throw error;
+    }
   }
 
   #onAttachmentClosed(attachment: Attachment): void {

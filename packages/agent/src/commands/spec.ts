@@ -1,7 +1,7 @@
-import { decodeExecSpecHeader, type ExecSpec } from "@codecourier/protocol";
+import { TERMINAL_LIMITS, decodeExecSpecHeader, type ExecSpec, type TerminalSize } from "@codecourier/protocol";
 import { badRequest } from "../http/respond.js";
 
-const knownKeys = new Set(["argv", "shell", "env", "cwd", "user", "timeoutMs", "stdin", "background"]);
+const knownKeys = new Set(["argv", "shell", "env", "cwd", "user", "timeoutMs", "stdin", "background", "pty"]);
 const maxArgs = 65_536;
 const maxEnvVars = 4_096;
 /** setTimeout's largest delay; longer values would fire immediately. */
@@ -25,7 +25,7 @@ export function validateExecSpec(raw: unknown): ExecSpec {
     if (!knownKeys.has(key)) throw badRequest(`unknown exec spec field: ${key.slice(0, 64)}`);
   }
   const spec: ExecSpec = {};
-  const { argv, shell, env, cwd, user, timeoutMs, stdin, background } = raw;
+  const { argv, shell, env, cwd, user, timeoutMs, stdin, background, pty } = raw;
 
   if ((argv === undefined) === (shell === undefined)) throw badRequest("exactly one of argv and shell is required");
   if (argv !== undefined) {
@@ -83,7 +83,23 @@ export function validateExecSpec(raw: unknown): ExecSpec {
     if (typeof background !== "boolean") throw badRequest("background must be a boolean");
     spec.background = background;
   }
+
+  if (pty !== undefined) spec.pty = validateTerminalSize(pty, "pty");
   return spec;
+}
+
+/** A terminal size: exactly `rows` and `cols`, integers from 1 to TERMINAL_LIMITS. Anything else is a 400. */
+export function validateTerminalSize(raw: unknown, what: string): TerminalSize {
+  if (!isPlainObject(raw)) throw badRequest(`${what} must be an object {rows, cols}`);
+  for (const key of Object.keys(raw)) {
+    if (key !== "rows" && key !== "cols") throw badRequest(`unknown ${what} field: ${key.slice(0, 64)}`);
+  }
+  const { rows, cols } = raw;
+  const inRange = (value: unknown, max: number): value is number => Number.isInteger(value) && (value as number) >= 1 && (value as number) <= max;
+  if (!inRange(rows, TERMINAL_LIMITS.maxRows) || !inRange(cols, TERMINAL_LIMITS.maxCols)) {
+    throw badRequest(`${what} needs integer rows 1..${TERMINAL_LIMITS.maxRows} and cols 1..${TERMINAL_LIMITS.maxCols}`);
+  }
+  return { rows, cols };
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {

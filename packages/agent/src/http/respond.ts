@@ -25,6 +25,11 @@ const errnoFailures: Record<string, [number, AgentErrorCode]> = {
   EINVAL: [400, "bad_request"],
   ELOOP: [400, "bad_request"],
   EFBIG: [413, "too_large"],
+  ENOTEMPTY: [409, "not_empty"],
+  EEXIST: [409, "already_exists"],
+  // A rename across filesystems (e.g. /tmp is another mount) or of a mount point: the guest's answer, not ours.
+  EXDEV: [400, "bad_request"],
+  EBUSY: [400, "bad_request"],
 };
 
 /** Maps a thrown value (RequestError or a Node errno error) to a response. */
@@ -40,11 +45,14 @@ function canRespond(stream: ServerHttp2Stream): boolean {
   return !stream.destroyed && !stream.closed && !stream.headersSent;
 }
 
-/** Sends a JSON body. Bodies the host would reject as too large become a 413 instead. */
-export function sendJson(stream: ServerHttp2Stream, status: number, body: unknown): void {
+/**
+ * Sends a JSON body. Bodies the host would reject as too large become a 413 instead; `maxBytes` is the host's
+ * limit for this answer (larger only where the protocol says so, e.g. listings).
+ */
+export function sendJson(stream: ServerHttp2Stream, status: number, body: unknown, maxBytes: number = AGENT_LIMITS.maxJsonBytes): void {
   if (!canRespond(stream)) return;
   let json = Buffer.from(JSON.stringify(body), "utf8");
-  if (json.length > AGENT_LIMITS.maxJsonBytes) {
+  if (json.length > maxBytes) {
     status = 413;
     json = Buffer.from(JSON.stringify(errorBody("too_large", `response of ${json.length} bytes exceeds the JSON limit`)));
   }
@@ -84,11 +92,11 @@ export async function readJsonBody(stream: ServerHttp2Stream, maxBytes = AGENT_L
   }
 }
 
-/** Returns the `path` query parameter, which must be an absolute path without NUL bytes. */
-export function requirePathParam(query: URLSearchParams): string {
-  const path = query.get("path");
-  if (path === null || path === "") throw badRequest("missing query parameter: path");
-  if (!path.startsWith("/")) throw badRequest("path must be absolute");
-  if (path.includes("\0")) throw badRequest("path contains a NUL byte");
+/** Returns the query parameter `name` (default `path`), which must be an absolute path without NUL bytes. */
+export function requirePathParam(query: URLSearchParams, name = "path"): string {
+  const path = query.get(name);
+  if (path === null || path === "") throw badRequest(`missing query parameter: ${name}`);
+  if (!path.startsWith("/")) throw badRequest(`${name} must be absolute`);
+  if (path.includes("\0")) throw badRequest(`${name} contains a NUL byte`);
   return path;
 }

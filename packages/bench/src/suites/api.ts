@@ -9,6 +9,7 @@ import { benchHost, type SuiteResult } from "../report.js";
 import { single, summarize, type Metric } from "../stats.js";
 
 const FILE_MIB = 1024;
+const WATCH_EVENTS = 30;
 /** The pool refills 1 s after a hand-out and a restore takes a few seconds under TCG. */
 const POOL_REFILL_WAIT_MS = 6_000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -42,6 +43,36 @@ async function fileRoundTrip(sandbox: Sandbox): Promise<{ writeMBps: number; rea
   await sandbox.runCommand("rm -f bench.bin", { check: true });
   const mb = (FILE_MIB * 2 ** 20) / 1e6;
   return { writeMBps: mb / writeS, readMBps: mb / readS };
+}
+
+/**
+ * Milliseconds from just before `files.write` of a new file in a watched directory to the SDK's callback getting
+ * that file's event, for `count` files. Nothing is subtracted: the write's own round trip (SDK → server → agent:
+ * temp file, fsync, rename) is inside, since the event follows the rename that ends it; the event then goes
+ * guest-watch → agent → server → SDK. The event's time is taken when it comes, before or after the write's answer.
+ */
+export async function watchEventLatencies(sandbox: Sandbox, count: number): Promise<number[]> {
+  const dir = "watch-bench";
+  await sandbox.runCommand(`rm -rf ${dir} && mkdir ${dir}`, { check: true });
+  const arrivals = new Map<string, (at: number) => void>();
+  // Atomic writes land as a rename of their temporary file onto the name.
+  await using _watch = await sandbox.files.watch(dir, (event) => {
+    if (event.type === "rename" || event.type === "create") arrivals.get(event.path)?.(performance.now());
+  });
+  const latencies: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const path = `/root/${dir}/file-${i}`;
+    const arrived = new Promise<number>((resolve) => arrivals.set(path, resolve));
+    const t0 = performance.now();
+    await sandbox.files.write(path, `event ${i}\n`);
+    let timer: NodeJS.Timeout | undefined;
+    const missing = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no watch event for ${path} within 10 s`)), 10_000)));
+    const at = await Promise.race([arrived, missing]).finally(() => clearTimeout(timer));
+    arrivals.delete(path);
+    latencies.push(at - t0);
+  }
+  await sandbox.runCommand(`rm -rf ${dir}`, { check: true });
+  return latencies;
 }
 
 /**
@@ -86,6 +117,8 @@ export async function apiSuite(runs: number, log: (line: string) => void): Promi
 
     await sleep(POOL_REFILL_WAIT_MS);
     const sandbox = await createSandbox(connection);
+    metrics.watchEventLatencyMs = summarize(await watchEventLatencies(sandbox, WATCH_EVENTS));
+    log(`watch event latency: p50 ${metrics.watchEventLatencyMs.p50} ms, p95 ${metrics.watchEventLatencyMs.p95} ms`);
     const writes: number[] = [];
     const reads: number[] = [];
     const fileRuns = 1; // a 1 GiB round trip takes minutes under TCG here
@@ -101,7 +134,9 @@ export async function apiSuite(runs: number, log: (line: string) => void): Promi
     notes.push(
       `file throughput: a ${FILE_MIB} MiB file through the SDK → server → agent (HTTP/2 over virtio-serial) into the guest's ` +
         "qcow2 disk (write: temp file + fsync + rename) and back; sha256 compared",
-      "syncSmallFilesPerSecond, watchEventLatencyMs: not measured (files.sync and files.watch are not built yet)",
+      `watchEventLatencyMs: ${WATCH_EVENTS} new files, each from just before the SDK's files.write to its event in the SDK's ` +
+        "watch callback (the write's round trip with its fsync included, nothing subtracted)",
+      "syncSmallFilesPerSecond: not measured (files.sync is not built yet)",
     );
     const ratio = metrics.sdkCreateToFirstExecMs.p50 / metrics.floorRestoreToFirstExecMs.p50;
     const goal = metrics.sdkCreateToFirstExecMs;

@@ -1,5 +1,5 @@
 import type { Command } from "commander";
-import { Sandbox } from "@codecourier/sdk";
+import { Sandbox, type CommandProcess } from "@codecourier/sdk";
 import { connection, withConnectionOptions, type ConnectionFlags } from "../connection.js";
 import { commandExitStatus } from "../exit-status.js";
 import { collectKeyValues, parsePositiveInt } from "../parse.js";
@@ -19,7 +19,7 @@ export function registerExecCommand(program: Command): void {
     .description(
       "Run a command in a sandbox (a paused one is resumed). One argument is a /bin/sh -c command line, several are " +
         "an argv run without a shell. Prints its stdout and stderr and exits with its exit code: 128+N when killed by " +
-        "signal N, 124 when it ran past --timeout. stdin, when it is not a terminal, is sent whole, as UTF-8 text.",
+        "signal N, 124 when it ran past --timeout. Output is streamed as it comes; stdin, when it is not a terminal, is streamed to the command.",
     )
     .argument("<id>", "the sandbox")
     .argument("<command...>", "the command (after --)")
@@ -29,25 +29,30 @@ export function registerExecCommand(program: Command): void {
     .option("--timeout <ms>", "kill the command after this long (exit status 124)", parsePositiveInt("timeout"))
     .option("--no-stdin", "do not forward stdin")
     .action(async (id: string, command: string[], flags: ExecFlags) => {
-      const stdin = flags.stdin && !process.stdin.isTTY ? await readStdin() : undefined;
+      const forwardStdin = flags.stdin && !process.stdin.isTTY;
       const sandbox = await Sandbox.connect(id, connection(flags));
-      const result = await sandbox.runCommand(command.length === 1 ? command[0]! : command, {
+      const started = await sandbox.processes.start(command.length === 1 ? command[0]! : command, {
         cwd: flags.cwd,
         env: flags.env,
         user: flags.user,
         timeoutMs: flags.timeout,
-        stdin: stdin || undefined,
+        keepStdinOpen: forwardStdin,
       });
-      process.stdout.write(result.stdout);
-      process.stderr.write(result.stderr);
+      const stdinDone = forwardStdin ? pumpStdin(started) : Promise.resolve();
+      // Output is passed on as raw bytes, as it comes: the command may print binary data or a progress bar.
+      for await (const chunk of started.output()) (chunk.stream === "stdout" ? process.stdout : process.stderr).write(chunk.data);
+      await stdinDone.catch(() => undefined); // the command may exit before reading all of its input
+      const result = await started.info();
       if (result.timedOut) process.stderr.write(`codecourier: the command timed out${flags.timeout ? ` after ${flags.timeout} ms` : ""}\n`);
       // Not process.exit(): stdout may be a pipe still being written to.
       process.exitCode = commandExitStatus(result);
     });
 }
 
-async function readStdin(): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks).toString("utf8");
+/** Sends this program's stdin to the process as it is read (in pieces of at most 512 KiB), then EOF. */
+async function pumpStdin(target: CommandProcess): Promise<void> {
+  for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
+    for (let offset = 0; offset < chunk.length; offset += 512 * 1024) await target.sendStdin(chunk.subarray(offset, offset + 512 * 1024));
+  }
+  await target.closeStdin();
 }

@@ -5,6 +5,8 @@ import {
   AGENT_LIMITS,
   AgentPath,
   EXEC_SPEC_HEADER,
+  FILE_LIMITS,
+  TERMINAL_LIMITS,
   encodeExecSpecHeader,
   type AgentHealth,
   type BackgroundCommandInfo,
@@ -16,10 +18,11 @@ import {
   type IdentityRequest,
   type IdentityResult,
 } from "@codecourier/protocol";
-import { CommandHandle, type AttachOptions, type ExecOptions } from "./command.js";
+import { CommandHandle, type AttachOptions, type CommandControl, type ExecOptions } from "./command.js";
 import { AgentConnection } from "./connection.js";
 import { AgentClientError, AgentDisconnectedError, AgentError, AgentProtocolError, AgentTimeoutError } from "./errors.js";
 import { Http2FrameGuard } from "./frame-guard.js";
+import { openWatch, type WatchOptions } from "./watch.js";
 import type { RequestActivity } from "./request-activity.js";
 import {
   parseGuestActivity,
@@ -50,11 +53,17 @@ export interface RunResult extends ExecExit {
 export interface WriteFileOptions {
   /** Permission bits, e.g. 0o755. Default: the replaced file's mode, or 0o644 for a new file. */
   mode?: number;
+  /** The new file's mtime, whole ms since the epoch; set before it replaces the old one. Default: when written. */
+  mtimeMs?: number;
 }
 
 const defaultConnectTimeoutMs = 10_000;
 const defaultRequestTimeoutMs = 30_000;
 const defaultMaxCollectedBytes = 64 * 1024 * 1024;
+/** Bound on file operations that walk a whole tree (a deep listing, a recursive remove): slow under TCG. */
+const treeOperationTimeoutMs = 5 * 60_000;
+/** The agent's bound on mtimes (the end of year 9999). */
+const maxMtimeMs = 253_402_300_799_999;
 /**
  * Per-stream receive window: how much one command's output may be in flight before the agent must wait for the
  * host to read. Also the most the guest can make the host buffer per stream beyond the output streams' own
@@ -174,7 +183,7 @@ export class AgentClient {
         }
         return connection.open("POST", AgentPath.exec, { [EXEC_SPEC_HEADER]: encodedSpec }, endStream);
       },
-      (id, signal) => this.#signal(id, signal),
+      this.#commandControl,
       { ...options, stdinEnabled: spec.stdin !== false },
     );
   }
@@ -189,7 +198,7 @@ export class AgentClient {
     return new CommandHandle(
       connection,
       () => connection.open("GET", AgentPath.attach(id)),
-      (commandId, signal) => this.#signal(commandId, signal),
+      this.#commandControl,
       { ...options, stdinEnabled: false, expectedId: id },
     );
   }
@@ -234,10 +243,34 @@ export class AgentClient {
     return { ...exit, stdout, stderr };
   }
 
+  /** Sends a signal (e.g. "SIGTERM") to a command's process group; an unknown id is an AgentError "not_found". */
+  signal(id: string, signal: string): Promise<void> {
+    return this.#signal(id, signal);
+  }
+
   async #signal(id: string, signal: string): Promise<void> {
     const body = Buffer.from(JSON.stringify({ signal }), "utf8");
     await this.#unary("POST", AgentPath.signal(id), body);
   }
+
+  /**
+   * Sets the window size of a running command's terminal (ExecSpec.pty); its foreground job gets SIGWINCH.
+   * AgentError "bad_request" for a command without a pty, "not_found" for no running command or a closed terminal;
+   * RangeError for a size outside 1..TERMINAL_LIMITS (nothing is sent).
+   */
+  async resize(commandId: string, rows: number, cols: number): Promise<void> {
+    if (!isTerminalSide(rows, TERMINAL_LIMITS.maxRows) || !isTerminalSide(cols, TERMINAL_LIMITS.maxCols)) {
+      throw new RangeError(`invalid terminal size ${rows}x${cols}: rows 1..${TERMINAL_LIMITS.maxRows}, cols 1..${TERMINAL_LIMITS.maxCols}`);
+    }
+    const body = Buffer.from(JSON.stringify({ rows, cols }), "utf8");
+    await this.#unary("POST", AgentPath.resize(commandId), body);
+  }
+
+  /** How handles reach the agent about their command. */
+  readonly #commandControl: CommandControl = {
+    signal: (id, signal) => this.#signal(id, signal),
+    resize: (id, rows, cols) => this.resize(id, rows, cols),
+  };
 
   /** Streams a file's content. Errors (e.g. AgentError "not_found") are emitted on the returned stream. */
   readFile(path: string): Readable {
@@ -308,20 +341,41 @@ export class AgentClient {
 
   /** Replaces a file atomically (temp file + fsync + rename in the guest) and returns its new metadata. */
   async writeFile(path: string, data: Buffer | string | Readable, options: WriteFileOptions = {}): Promise<FileStat> {
-    const { mode } = options;
-    if (mode !== undefined && (!Number.isInteger(mode) || mode < 0 || mode > 0o7777)) {
-      throw new RangeError(`invalid file mode: ${mode}`);
-    }
+    return this.#putFile(withPath(AgentPath.file, path, fileSettingsQuery(options)), data);
+  }
+
+  /**
+   * One chunk of a resumable upload: writes `data` into `path` at `offset` (cutting the file there first, so it
+   * holds exactly offset + data bytes afterwards) and fsyncs it, without replacing the file. An offset past the
+   * file's end is an AgentError "bad_request". The answer's size says how much the file now holds.
+   */
+  async writeFileAt(path: string, offset: number, data: Buffer | string | Readable): Promise<FileStat> {
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`invalid offset: ${offset}`);
+    return this.#putFile(withPath(AgentPath.file, path, { partial: "1", offset: String(offset) }), data);
+  }
+
+  /** The end of a resumable upload: the partial file gets its mode, owner and mtime, is fsynced and renamed onto `path`. */
+  async commitUpload(partialPath: string, path: string, options: WriteFileOptions = {}): Promise<FileStat> {
+    const query = { to: path, ...fileSettingsQuery(options) };
+    return parseFileStat(await this.#unary("POST", withPath(AgentPath.commitUpload, partialPath, query)));
+  }
+
+  async #putFile(url: string, data: Buffer | string | Readable): Promise<FileStat> {
     const connection = this.#connection;
-    const url = withPath(AgentPath.file, path, mode === undefined ? undefined : { mode: mode.toString(8) });
     const request = connection.open("PUT", url, {}, false);
     const head = connection.responseHead(request, connection.requestTimeoutMs, { afterRequestBody: true });
     let sourceFailure: AgentClientError | undefined;
     if (data instanceof Readable) {
-      data.pipe(request);
-      data.once("error", (error) => {
-        sourceFailure = new AgentClientError(`the data source failed: ${error.message}`, { cause: error });
+      const cancel = (message: string, cause?: unknown) => {
+        sourceFailure ??= new AgentClientError(message, { cause });
         request.close(h2.NGHTTP2_CANCEL);
+      };
+      data.pipe(request);
+      data.once("error", (error) => cancel(`the data source failed: ${error.message}`, error));
+      // A source destroyed without an error (an HTTP request body whose client went away) never ends: the guest
+      // would wait for the rest forever, and a body cut short must never be taken for a whole one.
+      data.once("close", () => {
+        if (!data.readableEnded) cancel("the data source closed before its end");
       });
       request.once("close", () => data.unpipe(request));
     } else {
@@ -342,8 +396,49 @@ export class AgentClient {
     return parseFileStat(await this.#unary("GET", withPath(AgentPath.stat, path)));
   }
 
-  async list(path: string): Promise<DirEntry[]> {
-    return parseDirEntries(await this.#unary("GET", withPath(AgentPath.list, path)));
+  /**
+   * A directory's entries sorted by name, with lstat's size and mtime. `depth` N (default 1) walks N levels;
+   * deeper names are relative to `path` ("a/b.txt") and symlinked directories are not entered. More than
+   * FILE_LIMITS.maxListedEntries entries is an AgentError "too_large".
+   */
+  async list(path: string, { depth = 1 }: { depth?: number } = {}): Promise<DirEntry[]> {
+    if (!Number.isInteger(depth) || depth < 1 || depth > FILE_LIMITS.maxListDepth) throw new RangeError(`invalid listing depth: ${depth}`);
+    const query: Record<string, string> = depth === 1 ? {} : { depth: String(depth) };
+    const timeoutMs = depth === 1 ? this.#connection.requestTimeoutMs : treeOperationTimeoutMs;
+    return parseDirEntries(await this.#unary("GET", withPath(AgentPath.list, path, query), undefined, timeoutMs, FILE_LIMITS.maxListingBytes));
+  }
+
+  /** Creates a directory: with `recursive` (the default) its missing parents too, and an existing one is fine. */
+  async mkdir(path: string, { recursive = true }: { recursive?: boolean } = {}): Promise<FileStat> {
+    return parseFileStat(await this.#unary("POST", withPath(AgentPath.mkdir, path, { recursive: recursive ? "1" : "0" })));
+  }
+
+  /**
+   * Removes a file, a symlink (never what it points to) or a directory; a directory with entries only with
+   * `recursive` (else AgentError "not_empty"). A missing path is AgentError "not_found".
+   */
+  async remove(path: string, { recursive = false }: { recursive?: boolean } = {}): Promise<void> {
+    const url = withPath(AgentPath.remove, path, { recursive: recursive ? "1" : "0" });
+    await this.#unary("POST", url, undefined, recursive ? treeOperationTimeoutMs : this.#connection.requestTimeoutMs);
+  }
+
+  /** rename(2) in the guest: atomic, replaces a file at `to`; returns what is now at `to`. */
+  async rename(from: string, to: string): Promise<FileStat> {
+    return parseFileStat(await this.#unary("POST", withPath(AgentPath.rename, from, { to })));
+  }
+
+  /** chmod(2) in the guest (follows a symlink); returns the metadata of what was changed. */
+  async chmod(path: string, mode: number): Promise<FileStat> {
+    checkMode(mode);
+    return parseFileStat(await this.#unary("POST", withPath(AgentPath.chmod, path, { mode: mode.toString(8) })));
+  }
+
+  /**
+   * Watches `path` (a directory, or a single file by its name) for creates, writes, removes and renames; resolves
+   * once the guest has every watch in place. See openWatch for the stream of events; destroy it to stop watching.
+   */
+  watch(path: string, { recursive = false }: WatchOptions = {}): Promise<Readable> {
+    return openWatch(this.#connection, withPath(AgentPath.watch, path, { recursive: recursive ? "1" : "0" }));
   }
 
   /** Ends the session and closes the socket; in-flight requests fail with AgentDisconnectedError. */
@@ -360,7 +455,13 @@ export class AgentClient {
   }
 
   /** One request/response exchange with a bounded JSON (or empty) response body, all within `timeoutMs`. */
-  async #unary(method: string, path: string, body?: Buffer, timeoutMs = this.#connection.requestTimeoutMs): Promise<unknown> {
+  async #unary(
+    method: string,
+    path: string,
+    body?: Buffer,
+    timeoutMs = this.#connection.requestTimeoutMs,
+    maxResponseBytes: number = AGENT_LIMITS.maxJsonBytes,
+  ): Promise<unknown> {
     const connection = this.#connection;
     const deadline = Date.now() + timeoutMs;
     const headers = body === undefined ? {} : { "content-type": "application/json" };
@@ -369,12 +470,34 @@ export class AgentClient {
     const { status } = await connection.responseHead(request, timeoutMs);
     if (status < 200 || status >= 300) throw await connection.errorResponse(request, status, deadline);
     if (status === 204) return undefined;
-    return connection.readJson(request, deadline);
+    return connection.readJson(request, deadline, maxResponseBytes);
   }
+}
+
+function isTerminalSide(value: number, max: number): boolean {
+  return Number.isInteger(value) && value >= 1 && value <= max;
 }
 
 function withPath(endpoint: string, path: string, extra: Record<string, string> = {}): string {
   return `${endpoint}?${new URLSearchParams({ path, ...extra }).toString()}`;
+}
+
+function checkMode(mode: number): void {
+  if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) throw new RangeError(`invalid file mode: ${mode}`);
+}
+
+/** The query parameters of a new file's mode and mtime, checked here so that bad values never reach the guest. */
+function fileSettingsQuery({ mode, mtimeMs }: WriteFileOptions): Record<string, string> {
+  const query: Record<string, string> = {};
+  if (mode !== undefined) {
+    checkMode(mode);
+    query.mode = mode.toString(8);
+  }
+  if (mtimeMs !== undefined) {
+    if (!Number.isInteger(mtimeMs) || mtimeMs < 0 || mtimeMs > maxMtimeMs) throw new RangeError(`invalid mtime: ${mtimeMs}`);
+    query.mtime = String(mtimeMs);
+  }
+  return query;
 }
 
 async function collectOutput(command: CommandHandle, output: Readable, name: string, maxBytes: number): Promise<Buffer> {

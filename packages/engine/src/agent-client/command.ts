@@ -24,6 +24,12 @@ export interface ExecOptions extends AttachOptions {
   stdin?: Readable | Buffer | string;
 }
 
+/** @internal What a handle asks of the agent about its command, by id (AgentClient's requests). */
+export interface CommandControl {
+  signal(id: string, signal: string): Promise<void>;
+  resize(id: string, rows: number, cols: number): Promise<void>;
+}
+
 /** Buffered per output stream before the HTTP/2 stream is paused (which, in turn, pauses the guest's child). */
 const outputHighWaterMark = 64 * 1024;
 
@@ -64,7 +70,7 @@ export class CommandHandle {
   #rejectExit: (error: Error) => void = ignore;
 
   readonly #connection: AgentConnection;
-  readonly #sendSignal: (id: string, signal: string) => Promise<void>;
+  readonly #control: CommandControl;
   readonly #decoder = new ExecRecordDecoder();
   /** Outputs whose buffers are full; the response is paused until this is empty. */
   readonly #blocked = new Set<Readable>();
@@ -81,12 +87,12 @@ export class CommandHandle {
   constructor(
     connection: AgentConnection,
     openRequest: (endStream: boolean) => ClientHttp2Stream,
-    sendSignal: (id: string, signal: string) => Promise<void>,
+    control: CommandControl,
     options: ExecOptions & { stdinEnabled: boolean; expectedId?: string },
   ) {
     this.#expectedId = options.expectedId;
     this.#connection = connection;
-    this.#sendSignal = sendSignal;
+    this.#control = control;
     this.id = new Promise((resolve, reject) => ((this.#resolveId = resolve), (this.#rejectId = reject)));
     this.#exit = new Promise((resolve, reject) => ((this.#resolveExit = resolve), (this.#rejectExit = reject)));
     // Callers may never look at one of these; a rejection nobody awaits must not crash the host.
@@ -138,6 +144,20 @@ export class CommandHandle {
    * started.
    */
   async kill(signal: string = "SIGKILL"): Promise<void> {
+    await this.#whileRunning((id) => this.#control.signal(id, signal));
+  }
+
+  /**
+   * Sets the window size of the command's terminal (ExecSpec.pty); its foreground job gets SIGWINCH. A no-op once
+   * the command has finished or if it never started. Fails with AgentError "bad_request" for a command without a
+   * pty, RangeError for a size outside 1..TERMINAL_LIMITS.
+   */
+  async resize(rows: number, cols: number): Promise<void> {
+    await this.#whileRunning((id) => this.#control.resize(id, rows, cols));
+  }
+
+  /** Sends a request about the running command; nothing once it has finished (or if it never started). */
+  async #whileRunning(send: (id: string) => Promise<void>): Promise<void> {
     if (this.#settled) return;
     let id: string;
     try {
@@ -147,7 +167,7 @@ export class CommandHandle {
     }
     if (this.#settled) return;
     try {
-      await this.#sendSignal(id, signal);
+      await send(id);
     } catch (error) {
       if (error instanceof AgentError && error.code === "not_found") return; // it finished meanwhile
       throw error;

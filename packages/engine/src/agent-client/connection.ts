@@ -77,8 +77,13 @@ export class AgentConnection {
     this.#failure ??= error;
   }
 
-  /** Opens a request stream. Never emits an unhandled 'error': a no-op listener is attached at once. */
-  open(method: string, path: string, headers: OutgoingHttpHeaders = {}, endStream = true): ClientHttp2Stream {
+  /**
+   * Opens a request stream. Never emits an unhandled 'error': a no-op listener is attached at once. `listensOnly`:
+   * a request whose response, once its headers are in, only waits on the guest changing (a file watch, open for as
+   * long as its caller likes). From then on it no longer counts as in flight, so it does not keep the guest awake:
+   * a guest whose vCPUs are stopped changes nothing until another request wakes it.
+   */
+  open(method: string, path: string, headers: OutgoingHttpHeaders = {}, endStream = true, { listensOnly = false } = {}): ClientHttp2Stream {
     if (this.#failure !== undefined) throw this.#failure;
     if (this.isClosed) throw new AgentDisconnectedError("the agent session is closed");
     // Before the request exists: a listener may send a request of its own that must reach the guest first.
@@ -93,7 +98,13 @@ export class AgentConnection {
     stream.on("error", () => {
       // Errors are reported through the promises that use the stream; see failureOf().
     });
-    stream.once("close", () => this.activity.requestEnded());
+    let counted = true;
+    const stopCounting = () => {
+      if (counted) this.activity.requestEnded();
+      counted = false;
+    };
+    stream.once("close", stopCounting);
+    if (listensOnly) stream.once("response", stopCounting);
     return stream;
   }
 
@@ -223,9 +234,9 @@ export class AgentConnection {
     });
   }
 
-  /** Reads and parses a JSON body of at most AGENT_LIMITS.maxJsonBytes, by `deadline` (default: one request timeout). */
-  async readJson(stream: ClientHttp2Stream, deadline = Date.now() + this.requestTimeoutMs): Promise<unknown> {
-    const body = await this.readBody(stream, { maxBytes: AGENT_LIMITS.maxJsonBytes, deadline });
+  /** Reads and parses a JSON body of at most `maxBytes`, by `deadline` (default: one request timeout). */
+  async readJson(stream: ClientHttp2Stream, deadline = Date.now() + this.requestTimeoutMs, maxBytes: number = AGENT_LIMITS.maxJsonBytes): Promise<unknown> {
+    const body = await this.readBody(stream, { maxBytes, deadline });
     try {
       return JSON.parse(body.toString("utf8")) as unknown;
     } catch {

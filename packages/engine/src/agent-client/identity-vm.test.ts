@@ -1,6 +1,8 @@
-// The identity refresh and background commands in a real QEMU guest (no mocks): the helper really sets the guest's
-// clock and reseeds its CRNG, and a background command really outlives the host's agent session. One VM for all.
+// The identity refresh, background commands and terminals in a real QEMU guest (no mocks): the helper really sets
+// the guest's clock and reseeds its CRNG, a background command really outlives the host's agent session, and a
+// shell gets a terminal from the guest's own devpts. One VM for all.
 import assert from "node:assert/strict";
+import { PassThrough } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { ensureGuestImage } from "../images/guest-image.js";
 import { Vm } from "../vmm/vm.js";
@@ -21,7 +23,7 @@ async function nextLines(command: CommandHandle, count: number): Promise<string[
   throw new Error(`output ended after ${JSON.stringify(text)}`);
 }
 
-describe("agent in a real guest: identity refresh and background commands", () => {
+describe("agent in a real guest: identity refresh, background commands and terminals", () => {
   let vm: Vm;
 
   before(async () => {
@@ -80,5 +82,24 @@ describe("agent in a real guest: identity refresh and background commands", () =
     assert.equal(exit.signal, "SIGKILL");
     const exited = (await client.listCommands()).find((command) => command.id === id);
     assert.deepEqual(exited?.exit, exit);
+  });
+
+  it("runs an interactive shell on a terminal of the guest, and resizes it", async () => {
+    const keyboard = new PassThrough();
+    const shell = vm.agent.exec({ argv: ["/bin/sh"], env: { PS1: "prompt> " }, pty: { rows: 24, cols: 80 } }, { stdin: keyboard });
+    let screen = "";
+    shell.stdout.on("data", (chunk: Buffer) => (screen += chunk.toString()));
+    const shows = async (pattern: RegExp) => {
+      for (let waited = 0; !pattern.test(screen); waited += 20) {
+        assert.ok(waited < 30_000, `never showed ${pattern}: ${JSON.stringify(screen)}`);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    };
+    keyboard.write("tty; stty size; echo $TERM\n");
+    await shows(/^\/dev\/pts\/\d+\r\n24 80\r\nxterm-256color\r$/m);
+    await shell.resize(50, 132);
+    keyboard.write("stty size; exit 4\n");
+    await shows(/^50 132\r$/m);
+    assert.equal((await shell.wait()).exitCode, 4);
   });
 });

@@ -9,3 +9,4 @@ export {
   CommandDetachedError,
 } from "./errors.js";
 export { createIdentityRequest } from "./identity.js";
+export { parseWatchEvent, type WatchOptions } from "./watch.js";

@@ -8,6 +8,7 @@ import {
   type BackgroundCommandInfo,
   type DirEntry,
   type ExecExit,
+  FILE_LIMITS,
   type FileStat,
   type FileType,
   type GuestActivity,
@@ -26,6 +27,8 @@ const errorCodes = new Set<AgentErrorCode>([
   "permission_denied",
   "too_large",
   "too_many_commands",
+  "not_empty",
+  "already_exists",
   "identity_refresh_failed",
   "internal",
 ]);
@@ -110,12 +113,19 @@ export function parseFileStat(json: unknown): FileStat {
 }
 
 export function parseDirEntries(json: unknown): DirEntry[] {
-  if (!Array.isArray(json)) fail("directory listing");
+  if (!Array.isArray(json) || json.length > FILE_LIMITS.maxListedEntries) fail("directory listing");
   return json.map((entry: unknown) => {
     if (!isObject(entry) || !isBoundedString(entry.name, maxNameLength) || !fileTypes.has(entry.type as FileType)) {
       fail("directory listing");
     }
-    return { name: entry.name, type: entry.type as FileType };
+    const { size, mtimeMs } = entry;
+    if ((size !== undefined && !isCount(size)) || (mtimeMs !== undefined && !(typeof mtimeMs === "number" && Number.isFinite(mtimeMs)))) {
+      fail("directory listing");
+    }
+    const parsed: DirEntry = { name: entry.name, type: entry.type as FileType };
+    if (size !== undefined) parsed.size = size;
+    if (mtimeMs !== undefined) parsed.mtimeMs = mtimeMs;
+    return parsed;
   });
 }
 

@@ -88,8 +88,11 @@ export const DEFAULT_TENANT_LIMITS: TenantLimits = { maxSandboxes: 50, maxCpus: 
 
 /** The control plane's embedded database: its own file, so `codecourier keys` works while the server runs. */
 export function controlDatabasePath(): string {
-  return join(dataDir(), "control.db");
+  return join(dataDir(), CONTROL_DATABASE_FILE);
 }
+
+/** The control database's file name inside a data dir. */
+export const CONTROL_DATABASE_FILE = "control.db";
 
 const KEY_PREFIX = "cc_";
 const tenantNamePattern = /^[a-z0-9][a-z0-9_-]{0,62}$/;

@@ -8,10 +8,12 @@ import {
   type ApiSandboxState,
 } from "@codecourier/protocol/api";
 import type { z } from "zod";
-import type { SandboxEngine } from "../sandboxes/sandbox-engine.js";
+import type { ExecSpec } from "@codecourier/protocol";
+import type { RunningSandbox, SandboxEngine } from "../sandboxes/sandbox-engine.js";
 import { SandboxNotFoundError } from "../sandboxes/errors.js";
 import { ApiError, notFound } from "../server/api-error.js";
 import type { ControlStore, SandboxOwnerRow, Tenant } from "./control-store.js";
+import { spawnErrorLine } from "./processes.js";
 import { TemplateCatalog } from "./template-catalog.js";
 
 export interface SandboxServiceOptions {
@@ -23,6 +25,16 @@ export interface SandboxServiceOptions {
 
 /** Where commands run and relative file paths point unless told otherwise: root's home in the base image. */
 export const SANDBOX_WORKDIR = "/root";
+
+/** What a command is, as the API gives it (run-to-completion commands and processes alike). */
+export interface CommandFields {
+  cmd?: string;
+  argv?: string[];
+  cwd?: string;
+  env?: Record<string, string>;
+  user?: string;
+  timeoutMs?: number;
+}
 const DEFAULT_CPUS = 1;
 const DEFAULT_MEMORY_MB = 512;
 const LIVE_STATES: ApiSandboxState[] = ["running", "paused"];
@@ -141,27 +153,37 @@ export class SandboxService {
 
   async runCommand(tenant: Tenant, sandboxId: string, body: unknown): Promise<ApiCommandResult> {
     const request = RunCommandRequestSchema.parse(body) as z.output<typeof RunCommandRequestSchema>;
-    const row = await this.#owned(tenant, sandboxId);
-    const running = await this.#running(row);
-    const env = { ...(JSON.parse(row.env) as Record<string, string>), ...request.env };
-    const result = await running.agent.run(
-      {
-        ...(request.argv ? { argv: request.argv } : { shell: request.cmd }),
-        cwd: request.cwd === undefined ? SANDBOX_WORKDIR : resolveInSandbox(request.cwd),
-        env,
-        user: request.user,
-        timeoutMs: request.timeoutMs,
-        stdin: request.stdin !== undefined,
-      },
-      { stdin: request.stdin },
-    );
+    const { running, spec } = await this.prepareCommand(tenant, sandboxId, request);
+    const result = await running.agent.run({ ...spec, stdin: request.stdin !== undefined }, { stdin: request.stdin });
     return {
       exitCode: result.exitCode,
       signal: result.signal,
       timedOut: result.timedOut,
       stdout: result.stdout.toString("utf8"),
-      stderr: result.stderr.toString("utf8"),
+      stderr: result.stderr.toString("utf8") + (result.spawnError === undefined ? "" : spawnErrorLine(result.spawnError)),
     };
+  }
+
+  /**
+   * The tenant's running sandbox (a paused one is resumed) and the agent's spec of a command in it: the sandbox's
+   * env under the command's own, the working directory unless one is given.
+   */
+  async prepareCommand(tenant: Tenant, sandboxId: string, request: CommandFields): Promise<{ running: RunningSandbox; spec: ExecSpec }> {
+    const row = await this.#owned(tenant, sandboxId);
+    const running = await this.#running(row);
+    const spec: ExecSpec = {
+      ...(request.argv ? { argv: request.argv } : { shell: request.cmd }),
+      cwd: request.cwd === undefined ? SANDBOX_WORKDIR : resolveInSandbox(request.cwd),
+      env: { ...(JSON.parse(row.env) as Record<string, string>), ...request.env },
+      user: request.user,
+      timeoutMs: request.timeoutMs,
+    };
+    return { running, spec };
+  }
+
+  /** Whether the sandbox is running or paused (not ended). */
+  isLive(sandboxId: string): boolean {
+    return this.#isLive(sandboxId);
   }
 
   async snapshot(tenant: Tenant, sandboxId: string): Promise<{ snapshotId: string }> {
@@ -262,15 +284,15 @@ export class SandboxService {
   }
 
   #requireLive(row: SandboxOwnerRow): void {
-    if (!this.#isLive(row.sandbox_id)) throw new ApiError("not_found", `sandbox ${row.sandbox_id} is no longer running`);
+    if (!this.#isLive(row.sandbox_id)) throw new ApiError("sandbox_gone", `sandbox ${row.sandbox_id} is no longer running`);
   }
 
   /** The tenant's sandbox, running (a paused one is resumed): what the files routes work on. */
-  async runningSandbox(tenant: Tenant, sandboxId: string) {
+  async runningSandbox(tenant: Tenant, sandboxId: string): Promise<RunningSandbox> {
     return this.#running(await this.#owned(tenant, sandboxId));
   }
 
-  async #running(row: SandboxOwnerRow) {
+  async #running(row: SandboxOwnerRow): Promise<RunningSandbox> {
     this.#requireLive(row);
     // Commands auto-resume a paused sandbox, as connect does.
     if (this.#state(row.sandbox_id) === "paused") return this.engine.resume(row.sandbox_id);

@@ -135,4 +135,24 @@ describe("guest-spawner helper", () => {
     assert.ok(spawned, answers.join(" | "));
     assert.equal(answers[3], `exit ${spawned[1]} 7 0`);
   });
+
+  it("refuses malformed terminal requests and resizes of terminals it does not have", () => {
+    const shell = `3 ${hex("sh")} ${hex("-c")} ${hex("exit 0")} 0`;
+    const malformed = [
+      `spawn-pty c1 0 0 80 - - ${hex("/")} ${shell}`, // rows from 1
+      `spawn-pty c2 0 24 65536 - - ${hex("/")} ${shell}`, // cols fit an unsigned short
+      `spawn-pty c3 0 24 x - - ${hex("/")} ${shell}`,
+      `spawn-pty c4 0 24 - - ${hex("/")} ${shell}`, // a field short
+      "resize r1 c5 24",
+      "resize r2 c5 0 80",
+      "resize r3 bad_id! 24 80",
+      "resize r4 c5 24 80 extra",
+    ];
+    const result = spawnSync(helper, ["--serve"], { input: [...malformed, "resize r5 c5 24 80"].map((line) => `${line}\n`).join("") });
+    assert.equal(result.status, 0, result.stderr.toString());
+    const answers = result.stdout.toString().trim().split("\n");
+    assert.equal(answers.length, malformed.length + 1, result.stdout.toString());
+    for (const answer of answers.slice(0, -1)) assert.match(answer, /^failed (c|r)\d 22 request$/);
+    assert.equal(answers.at(-1), "failed r5 2 resize", "ENOENT: no terminal with that id");
+  });
 });

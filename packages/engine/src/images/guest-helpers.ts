@@ -7,7 +7,8 @@ const require = createRequire(import.meta.url);
 /**
  * The agent's native helpers (packages/agent/native/*.c), for what Node cannot do or does slowly in the guest:
  * - guest-identity sets the clock and reseeds the kernel CRNG after a snapshot restore;
- * - guest-spawner starts the agent's commands (forking the small helper instead of the ~60 MB agent).
+ * - guest-spawner starts the agent's commands (forking the small helper instead of the ~60 MB agent);
+ * - guest-watch reports file changes from inotify (Node's fs.watch tells neither creates from writes nor renames).
  * Compiled static on the host, so they run in any root filesystem, and shipped on the system disk.
  */
 export interface GuestHelper {
@@ -20,6 +21,7 @@ export interface GuestHelper {
 export const GUEST_HELPERS: readonly GuestHelper[] = [
   { name: "guest-identity", agentOption: "--identity-helper" },
   { name: "guest-spawner", agentOption: "--spawner" },
+  { name: "guest-watch", agentOption: "--watcher" },
 ];
 
 /** Part of the system disk's recipe: a change of flags rebuilds the disk like a change of source does. */

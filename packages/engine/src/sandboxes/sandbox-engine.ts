@@ -12,6 +12,7 @@ import { DataDirLock } from "../state/data-dir-lock.js";
 import { EngineDatabase, LIVE_SANDBOX_STATES, type SandboxRow, type SnapshotKind, type SnapshotRow } from "../state/database.js";
 import { DiskLayers } from "../storage/disk-layers.js";
 import { chooseAccelerator, qemuVersion } from "../vmm/accel.js";
+import { removeStaleVmCgroups } from "../vmm/cgroups/vm-cgroup.js";
 import type { Accelerator } from "../vmm/machine.js";
 import { saveDeviceState, transferToReceiver } from "../vmm/migration.js";
 import { Vm } from "../vmm/vm.js";
@@ -758,6 +759,8 @@ export class SandboxEngine {
     for (let i = 0; i < 200 && findEngineQemus(runRoot).some((q) => !adopted.has(q.pid)); i++) await new Promise((r) => setTimeout(r, 10));
     for (const row of this.db.snapshots(["saving"])) await this.#forgetSnapshot(row.id);
     await this.#collectGarbage();
+    // After the kills above: the cgroups of QEMUs a crashed engine left are empty now; adopted VMs keep theirs.
+    removeStaleVmCgroups();
   }
 }
 

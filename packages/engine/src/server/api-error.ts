@@ -45,7 +45,15 @@ export function toApiError(error: unknown): { apiError: ApiError; unexpected: bo
   if (error instanceof AgentError) {
     // The guest's own answer (e.g. a file that does not exist): the tenant's guest, so its message is passed on.
     const code: ApiErrorCode =
-      error.code === "not_found" ? "not_found" : error.code === "too_large" ? "payload_too_large" : error.code === "internal" ? "internal" : "bad_request";
+      error.code === "not_found"
+        ? "not_found"
+        : error.code === "too_large"
+          ? "payload_too_large"
+          : error.code === "internal"
+            ? "internal"
+            : error.code === "not_empty" || error.code === "already_exists"
+              ? "conflict"
+              : "bad_request";
     return { apiError: new ApiError(code, `in the sandbox: ${error.message}`), unexpected: code === "internal" };
   }
   if (error instanceof InvalidRequestError) return { apiError: new ApiError("bad_request", error.message), unexpected: false };

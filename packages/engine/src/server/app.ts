@@ -9,7 +9,10 @@ import type { AcceleratorChoice } from "../vmm/accel.js";
 import { ApiError, toApiError } from "./api-error.js";
 import { StreamAnswer, type RouteSpec } from "./route.js";
 import { fileRoutes } from "./routes/files.js";
+import { processRoutes } from "./routes/processes.js";
+import { ProcessService } from "../control/process-service.js";
 import { sandboxRoutes } from "./routes/sandboxes.js";
+import { watchRoutes } from "./routes/watch.js";
 
 export interface AppContext {
   accel: AcceleratorChoice;
@@ -31,7 +34,9 @@ export const API_BODY_LIMIT_BYTES = 20 * 1024 * 1024;
  */
 export function buildApp(context: AppContext): FastifyInstance {
   const app = Fastify({ logger: false, bodyLimit: API_BODY_LIMIT_BYTES });
-  const routes = context.sandboxes ? [...sandboxRoutes(context.sandboxes), ...fileRoutes(context.sandboxes)] : [];
+  const routes = context.sandboxes
+    ? [...sandboxRoutes(context.sandboxes), ...fileRoutes(context.sandboxes), ...watchRoutes(context.sandboxes), ...processRoutes(new ProcessService(context.sandboxes))]
+    : [];
   // File content arrives as a raw stream: no body limit, no buffering (a 1 GiB write streams into the guest).
   app.addContentTypeParser("application/octet-stream", (_request, payload, done) => done(null, payload));
 

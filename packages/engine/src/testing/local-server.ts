@@ -3,6 +3,7 @@ import { rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { CONTROL_DATABASE_FILE, ControlStore } from "../control/control-store.js";
 import { isolatedDataDir } from "./isolated-data-dir.js";
 
 const serverMain = join(dirname(fileURLToPath(import.meta.url)), "..", "server", "main.js");
@@ -15,6 +16,8 @@ export interface LocalServer {
   readonly home: string;
   /** Everything the server has written to stderr so far (progress, the first start's admin key). */
   log(): string;
+  /** A new API key of this tenant (created if needed), written to the server's control database directly. */
+  createKey(tenant: string): Promise<string>;
   /** SIGTERM (SIGKILL after 20 s), then the data dir is removed. */
   stop(): Promise<void>;
 }
@@ -42,6 +45,8 @@ export async function startLocalServer(options: { prefix?: string; env?: Record<
   });
   let output = "";
   server.stderr!.on("data", (chunk: Buffer) => (output += chunk.toString()));
+  // For debugging a failing test: CODECOURIER_TEST_SERVER_LOG=1 shows the server's log as it is written.
+  if (process.env.CODECOURIER_TEST_SERVER_LOG) server.stderr!.pipe(process.stderr);
   const stop = async () => {
     if (server.exitCode === null && server.signalCode === null) {
       const exited = new Promise((resolve) => server.once("exit", resolve));
@@ -59,5 +64,13 @@ export async function startLocalServer(options: { prefix?: string; env?: Record<
     }
     await sleep(100);
   }
-  return { url: `http://127.0.0.1:${port}`, home, log: () => output, stop };
+  const createKey = async (tenant: string) => {
+    const store = await ControlStore.openSqlite(join(home, CONTROL_DATABASE_FILE));
+    try {
+      return (await store.createKey(tenant)).apiKey;
+    } finally {
+      await store.close();
+    }
+  };
+  return { url: `http://127.0.0.1:${port}`, home, log: () => output, createKey, stop };
 }

@@ -1,15 +1,19 @@
 import type { QemuProcess } from "./qemu-process.js";
+import type { VmCgroup } from "./cgroups/vm-cgroup.js";
 import { rmSync } from "node:fs";
 
 /**
  * QEMU processes of this host process. When the host exits (normally or on SIGINT/SIGTERM) they are killed
- * synchronously, so a crashed or interrupted engine leaves no VM running.
+ * synchronously, so a crashed or interrupted engine leaves no VM running, and their cgroups are removed.
  */
-const live = new Map<string, { child: QemuProcess; runDir: string }>();
+const live = new Map<string, { child: QemuProcess; runDir: string; cgroup: VmCgroup | undefined }>();
+/** How long the exit handler waits, for all VMs together, for killed QEMUs to leave their cgroups. */
+const CGROUP_REMOVAL_WAIT_MS = 1000;
 let installed = false;
 
 function killAll(): void {
-  for (const { child, runDir } of live.values()) {
+  const entries = [...live.values()];
+  for (const { child, runDir } of entries) {
     try {
       child.kill();
     } catch {
@@ -18,6 +22,10 @@ function killAll(): void {
     // QEMU holds no lock that stops the removal; its open files vanish with it.
     rmSync(runDir, { recursive: true, force: true });
   }
+  // A SIGKILLed process leaves its cgroup when the kernel has finished it, a moment after the signal; one that takes
+  // longer than the wait is removed by the next engine start's stale-cgroup cleanup.
+  const deadline = Date.now() + CGROUP_REMOVAL_WAIT_MS;
+  for (const { cgroup } of entries) cgroup?.removeBlocking(deadline);
   live.clear();
 }
 
@@ -33,9 +41,9 @@ function install(): void {
   }
 }
 
-export function trackVm(id: string, child: QemuProcess, runDir: string): void {
+export function trackVm(id: string, child: QemuProcess, runDir: string, cgroup?: VmCgroup): void {
   install();
-  live.set(id, { child, runDir });
+  live.set(id, { child, runDir, cgroup });
 }
 
 export function untrackVm(id: string): void {

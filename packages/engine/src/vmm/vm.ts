@@ -11,6 +11,8 @@ import type { GuestImage } from "../images/guest-image.js";
 import { AgentClient, AgentDisconnectedError, AgentProtocolError } from "../agent-client/index.js";
 import { runTool } from "../util/run-tool.js";
 import { chooseAccelerator } from "./accel.js";
+import { createVmCgroup, joinVmCgroup, type VmCgroup } from "./cgroups/vm-cgroup.js";
+import { vmResourceLimits, type VmResourceLimits } from "./cgroups/vm-limits.js";
 import { VmBootTimeoutError, VmConfigError, VmCrashedError } from "./errors.js";
 import { CPU_LIMITS, MEMORY_LIMITS_MIB, QEMU_BINARY, qemuArgs, type Accelerator, type GuestMemory } from "./machine.js";
 import { loadDeviceState } from "./migration.js";
@@ -119,6 +121,8 @@ export class Vm extends EventEmitter {
   rootDisk = "";
   #asleep = false;
   #vcpuCommands: Promise<unknown> = Promise.resolve();
+  /** The cgroup limiting this VM's QEMU; undefined when the host offers none (see cgroups/host-cgroups.ts). */
+  #cgroup: VmCgroup | undefined;
   /**
    * Runs synchronously when a request wakes a sleeping VM, before that request is sent: a request it sends (e.g.
    * setting the guest clock, which stood still) reaches the guest first.
@@ -141,6 +145,16 @@ export class Vm extends EventEmitter {
 
   get pid(): number | undefined {
     return this.process.pid;
+  }
+
+  /** The cgroup around this VM's QEMU process, if one was made (check `limits` for whether it is in force). */
+  get cgroup(): VmCgroup | undefined {
+    return this.#cgroup;
+  }
+
+  /** The CPU, memory and thread limits on this VM's QEMU process; undefined when it runs without (host support). */
+  get limits(): VmResourceLimits | undefined {
+    return this.#cgroup?.enforced ? this.#cgroup.limits : undefined;
   }
 
   get agent(): AgentClient {
@@ -223,7 +237,12 @@ export class Vm extends EventEmitter {
   }): Promise<Vm> {
     const vm = new Vm(options.id, options.runDir, options.accel, options.memoryMiB, options.cpus, options.image, adoptedProcess(options.pid, options.runDir));
     vm.rootDisk = options.rootDisk;
-    trackVm(vm.id, vm.process, options.runDir);
+    // Into a cgroup of its own shape under this engine's cgroup: the same one when the previous engine process made
+    // it there (creating it again is a no-op), otherwise a new one, leaving the old, now empty, to stale cleanup.
+    // Memory it was charged before the move stays with the old cgroup (the kernel does not move charges).
+    vm.#cgroup = createVmCgroup(vm.id, vmResourceLimits({ cpus: options.cpus, memoryMiB: options.memoryMiB, accel: options.accel }));
+    joinVmCgroup(vm.#cgroup, options.pid, vm.id);
+    trackVm(vm.id, vm.process, options.runDir, vm.#cgroup);
     const timeoutMs = options.timeoutMs ?? 10_000;
     const deadline = Date.now() + timeoutMs;
     await vm.#startOrTearDown(deadline, timeoutMs, (qmpSocket) =>
@@ -284,6 +303,8 @@ export class Vm extends EventEmitter {
       incoming: mode.incoming,
       tcgCpuModel: options.tcgCpuModel,
     });
+    // Made before the spawn, joined right after it (below); see ADR 0008 for why no wrapper joins it before exec.
+    const cgroup = createVmCgroup(id, vmResourceLimits({ cpus, memoryMiB, accel }));
     // The saved device state reaches QEMU as an inherited descriptor: spawn=deny rules out `exec:` migration
     // URIs, and Node cannot pass descriptors over the QMP socket.
     let stateFd: number | undefined;
@@ -293,7 +314,11 @@ export class Vm extends EventEmitter {
       // Through nice(1) so that every QEMU thread (vCPUs included) starts at that priority.
       const [command, commandArgs] = options.niceness ? ["nice", ["-n", String(options.niceness), QEMU_BINARY, ...args]] : [QEMU_BINARY, args];
       child = spawn(command, commandArgs, { stdio: ["ignore", "ignore", "pipe", stateFd ?? "ignore"], cwd: runDir });
+      // In the same tick as the spawn: QEMU has just been exec'd and is still being loaded, long before it maps
+      // guest RAM or runs a vCPU. A restoring QEMU does nothing at all until told to load the device state.
+      if (child.pid !== undefined) joinVmCgroup(cgroup, child.pid, id);
     } catch (error) {
+      cgroup?.removeNow();
       await rm(runDir, { recursive: true, force: true });
       throw error;
     } finally {
@@ -301,7 +326,8 @@ export class Vm extends EventEmitter {
     }
     const vm = new Vm(id, runDir, accel, memoryMiB, cpus, options.image, spawnedProcess(child));
     vm.rootDisk = rootDisk;
-    trackVm(vm.id, vm.process, runDir);
+    vm.#cgroup = cgroup;
+    trackVm(vm.id, vm.process, runDir, cgroup);
     child.stderr?.on("data", (chunk: Buffer) => (vm.#qemuStderr = (vm.#qemuStderr + chunk.toString()).slice(-4096)));
     return vm;
   }
@@ -489,6 +515,7 @@ export class Vm extends EventEmitter {
     this.#stopping = true;
     if (this.process.isAlive()) this.process.kill();
     await this.#exit;
+    await this.#cgroup?.remove();
     untrackVm(this.id);
     await this.#agent?.close().catch(() => {});
     this.#qmp?.close();
