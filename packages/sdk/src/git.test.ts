@@ -140,6 +140,7 @@ async function startGitHttpServer(projectRoot: string, user: string, password: s
         CONTENT_TYPE: request.headers["content-type"] ?? "",
       },
     });
+    cgi.stdin.on("error", () => undefined);
     request.pipe(cgi.stdin);
     let head = Buffer.alloc(0);
     let headDone = false;
@@ -175,8 +176,16 @@ describe("SandboxGit run by this machine's git (smart HTTP with Basic auth)", ()
   const run: GitCommandRunner = async (argv, options) => {
     commands.push([...argv]);
     const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: home, GIT_CONFIG_NOSYSTEM: "1", ...options.env };
-    const result = spawnSync(argv[0]!, argv.slice(1), { cwd: home, env, input: options.stdin ?? "", encoding: "utf8" });
-    return { exitCode: result.status, signal: result.signal, timedOut: false, stdout: result.stdout, stderr: result.stderr };
+    // Asynchronous: the HTTP server git talks to runs in this same event loop.
+    const child = spawn(argv[0]!, argv.slice(1), { cwd: home, env });
+    child.stdin.on("error", () => undefined); // git may exit without reading stdin
+    child.stdin.end(options.stdin ?? "");
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => (stdout += chunk));
+    child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
+    const [exitCode, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on("close", (code, sig) => resolve([code, sig])));
+    return { exitCode, signal, timedOut: false, stdout, stderr };
   };
   const git = new SandboxGit(run);
   const at = (path: string) => (isAbsolute(path) ? path : join(home, path));

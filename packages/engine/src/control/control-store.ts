@@ -280,8 +280,10 @@ export class ControlStore {
   }
 
   /** A tenant's sandboxes, newest first, `limit` after the cursor (created_at, sandbox_id of the last row seen). */
-  async ownedSandboxes(tenantId: string, after?: { createdAt: number; sandboxId: string }): Promise<SandboxOwnerRow[]> {
+  /** The tenant's sandboxes, newest first, after a cursor position; at most `limit` of them (default all). */
+  async ownedSandboxes(tenantId: string, after?: { createdAt: number; sandboxId: string }, limit?: number): Promise<SandboxOwnerRow[]> {
     let query = this.db.selectFrom("sandbox_owners").selectAll().where("tenant_id", "=", tenantId);
+    if (limit !== undefined) query = query.limit(limit);
     if (after) {
       query = query.where((eb) =>
         eb.or([eb("created_at", "<", after.createdAt), eb.and([eb("created_at", "=", after.createdAt), eb("sandbox_id", "<", after.sandboxId)])]),

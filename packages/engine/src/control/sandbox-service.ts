@@ -38,6 +38,8 @@ export interface CommandFields {
 const DEFAULT_CPUS = 1;
 const DEFAULT_MEMORY_MB = 512;
 const LIVE_STATES: ApiSandboxState[] = ["running", "paused"];
+/** Rows read from the control database at a time while filtering a list page. */
+const LIST_SCAN_BATCH = 500;
 
 /**
  * The API's view of sandboxes: every operation is scoped to the calling tenant (another tenant's sandbox is "not
@@ -116,21 +118,28 @@ export class SandboxService {
     const metadataFilter = Object.entries(rest)
       .filter(([key]) => key.startsWith("metadata."))
       .map(([key, value]) => [key.slice("metadata.".length), String(value)] as const);
-    const after = cursor === undefined ? undefined : decodeCursor(cursor);
+    let after = cursor === undefined ? undefined : decodeCursor(cursor);
     const wanted = state === undefined ? LIVE_STATES : [state];
     const page: ApiSandbox[] = [];
     let last: SandboxOwnerRow | undefined;
     let more = false;
-    for (const row of await this.store.ownedSandboxes(tenant.id, after)) {
-      const sandbox = this.#toApi(row);
-      if (!wanted.includes(sandbox.state)) continue;
-      if (metadataFilter.some(([key, value]) => sandbox.metadata[key] !== value)) continue;
-      if (page.length === limit) {
-        more = true;
-        break;
+    // State lives in the engine, not in the table, so rows are filtered here; they are read in batches, so a
+    // tenant with a long history costs a page's worth of rows, not all of them.
+    scan: for (;;) {
+      const batch = await this.store.ownedSandboxes(tenant.id, after, LIST_SCAN_BATCH);
+      for (const row of batch) {
+        after = { createdAt: Number(row.created_at), sandboxId: row.sandbox_id };
+        const sandbox = this.#toApi(row);
+        if (!wanted.includes(sandbox.state)) continue;
+        if (metadataFilter.some(([key, value]) => sandbox.metadata[key] !== value)) continue;
+        if (page.length === limit) {
+          more = true;
+          break scan;
+        }
+        page.push(sandbox);
+        last = row;
       }
-      page.push(sandbox);
-      last = row;
+      if (batch.length < LIST_SCAN_BATCH) break;
     }
     return { sandboxes: page, nextCursor: more && last ? encodeCursor(last) : null };
   }

@@ -12,6 +12,8 @@ import { isolatedDataDir } from "../testing/isolated-data-dir.js";
 import { ensureGuestImage, type GuestImage } from "../images/guest-image.js";
 import { runTool } from "../util/run-tool.js";
 import { DataDirLockedError } from "../state/data-dir-lock.js";
+import { hostCgroups } from "../vmm/cgroups/host-cgroups.js";
+import { listVmCgroups } from "../vmm/cgroups/vm-cgroup.js";
 import { SnapshotIncompatibleError, SnapshotInUseError, SandboxStateError } from "./errors.js";
 import { findEngineQemus } from "./host-qemu-scan.js";
 import { SandboxEngine, type RunningSandbox } from "./sandbox-engine.js";
@@ -19,6 +21,23 @@ import { SandboxEngine, type RunningSandbox } from "./sandbox-engine.js";
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const sha256 = (data: Buffer) => createHash("sha256").update(data).digest("hex");
 const TEMPLATE_MEMORY_MIB = 256;
+
+/**
+ * Where the host offers cgroups: each sandbox's QEMU is alone in its own cgroup, with the sandbox's shape as limits.
+ * Returns the cgroup directories (none without host support).
+ */
+function assertOwnCgroups(sandboxes: RunningSandbox[], shape: { cpus: number; memoryMiB: number }): string[] {
+  if (!hostCgroups().available) return [];
+  const directories = sandboxes.flatMap((sandbox) => {
+    const { vm } = sandbox;
+    assert.ok(vm.limits && vm.cgroup, `${sandbox.id} runs without limits`);
+    assert.deepEqual([vm.limits.cpus, vm.limits.guestMemoryMiB], [shape.cpus, shape.memoryMiB]);
+    assert.deepEqual(vm.cgroup.processes(), [vm.pid]);
+    return vm.cgroup.directories;
+  });
+  assert.equal(new Set(directories).size, directories.length, "two sandboxes share a cgroup");
+  return directories;
+}
 
 async function shell(sandbox: RunningSandbox, command: string): Promise<string> {
   const result = await sandbox.agent.run({ shell: command, stdin: false });
@@ -171,7 +190,11 @@ describe("snapshot engine with real VMs", () => {
       assert.equal(await shell(fork, "cat /root/shared.txt /root/mine.txt"), `shared\n${i}\n`);
       assert.equal(await shell(fork, "test -e /root/after-snapshot.txt && echo yes || echo no"), "no\n");
     }
+    // Every restored QEMU has its own cgroup; none is left once they end (nor the snapshot's receiving QEMU's).
+    const cgroups = assertOwnCgroups([...forks, source], { cpus: 1, memoryMiB: TEMPLATE_MEMORY_MIB });
     await Promise.all([...forks, source].map((sandbox) => engine.kill(sandbox.id)));
+    for (const dir of cgroups) assert.equal(existsSync(dir), false, `${dir} left behind`);
+    assert.deepEqual(listVmCgroups(), []);
     await engine.deleteSnapshot(snapshot.id);
   });
 
@@ -257,8 +280,15 @@ describe("snapshot engine with real VMs", () => {
     assert.deepEqual((await readdir(join(home, "run"))).sort(), qemus.map((q) => q.runDir.split("/").pop()).sort(), "no orphaned runtime dirs");
     const disks = await readdir(join(home, "disks"));
     assert.equal(disks.length, 1 + running.length, "template layer plus one writable layer per running sandbox");
+    // Re-attached QEMUs are in cgroups of their shape; the cgroups of the QEMUs recovery killed are gone.
+    const adoptedCgroups = assertOwnCgroups(
+      running.map((s) => engine.sandbox(s.id)),
+      { cpus: 1, memoryMiB: TEMPLATE_MEMORY_MIB },
+    );
+    assert.deepEqual(listVmCgroups().sort(), adoptedCgroups.sort(), "only the re-attached sandboxes have cgroups");
     for (const sandbox of running) await engine.kill(sandbox.id);
     assert.deepEqual(findEngineQemus(join(home, "run")), []);
+    assert.deepEqual(listVmCgroups(), []);
   });
 
   it("stops the vCPUs of an idle sandbox, wakes it for the next request with a correct clock, and never sleeps a busy one", async () => {

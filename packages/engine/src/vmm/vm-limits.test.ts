@@ -10,7 +10,7 @@ import { ensureGuestImage, type GuestImage } from "../images/guest-image.js";
 import { isolatedDataDir } from "../testing/isolated-data-dir.js";
 import { parseProcCgroup } from "./cgroups/cgroup-paths.js";
 import { hostCgroups } from "./cgroups/host-cgroups.js";
-import { vmCgroupPrefix } from "./cgroups/vm-cgroup.js";
+import { listVmCgroups } from "./cgroups/vm-cgroup.js";
 import { qemuMemoryOverheadMiB } from "./cgroups/vm-limits.js";
 import { VmBootTimeoutError, VmCrashedError } from "./errors.js";
 import { Vm } from "./vm.js";
@@ -42,12 +42,6 @@ function cgroupFile(vm: Vm, file: string): string {
 
 const readNumber = (path: string) => Number(readFileSync(path, "utf8").trim().split(/\s+/)[0]);
 
-/** Every cgroup of this data dir below the parents VM cgroups are made in. */
-function dataDirCgroups(): string[] {
-  const host = hostCgroups();
-  if (!host.available) return [];
-  return host.hierarchies.flatMap((h) => readdirSync(h.parent).filter((name) => name.startsWith(vmCgroupPrefix())).map((name) => join(h.parent, name)));
-}
 
 /** Asserts that the kernel lists `pid`, every thread of it, in `vm`'s cgroup for each of cpu and memory. */
 function assertInCgroup(vm: Vm, pid: number): void {
@@ -145,7 +139,7 @@ describe("VM limits with real QEMU", { skip: host.available ? false : `no usable
     for (const dir of stopped) assert.equal(existsSync(dir), false, `${dir} left after stop`);
     await twoCpus.kill();
     for (const dir of killed) assert.equal(existsSync(dir), false, `${dir} left after kill`);
-    assert.deepEqual(dataDirCgroups(), []);
+    assert.deepEqual(listVmCgroups(), []);
   });
 
   it("kills a QEMU that exceeds its memory limit: the VM is reported crashed and its cgroup is removed", async () => {
@@ -179,6 +173,6 @@ describe("VM limits with real QEMU", { skip: host.available ? false : `no usable
     );
     assert.ok(error instanceof VmBootTimeoutError, String(error));
     if (error.consoleLog !== undefined) await rm(error.consoleLog, { force: true });
-    assert.deepEqual(dataDirCgroups(), []);
+    assert.deepEqual(listVmCgroups(), []);
   });
 });

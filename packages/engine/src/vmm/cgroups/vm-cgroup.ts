@@ -166,6 +166,22 @@ export function joinVmCgroup(cgroup: VmCgroup | undefined, pid: number, vmId: st
   }
 }
 
+/** This data dir's VM cgroups below the directories new ones are made in (one per hierarchy each), e.g. for tests. */
+export function listVmCgroups(): string[] {
+  const host = hostCgroups();
+  if (!host.available) return [];
+  const prefix = vmCgroupPrefix();
+  return host.hierarchies.flatMap((h) => {
+    try {
+      return readdirSync(h.parent)
+        .filter((name) => name.startsWith(prefix))
+        .map((name) => join(h.parent, name));
+    } catch {
+      return [];
+    }
+  });
+}
+
 /**
  * Removes this data dir's VM cgroups that hold no process and belong to no VM of this process: what an engine that
  * crashed or was killed left behind. Looks through each whole hierarchy, not only below our own cgroup, because an
