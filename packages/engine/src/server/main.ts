@@ -5,6 +5,7 @@ import { SandboxService } from "../control/sandbox-service.js";
 import { ensureGuestImage } from "../images/guest-image.js";
 import { SandboxEngine } from "../sandboxes/sandbox-engine.js";
 import { chooseAccelerator } from "../vmm/accel.js";
+import { hostCgroups } from "../vmm/cgroups/host-cgroups.js";
 import { buildApp } from "./app.js";
 
 const log = (line: string) => process.stderr.write(`${line}\n`);
@@ -21,6 +22,7 @@ const app = buildApp({ accel, image, region, store, sandboxes, logError: log });
 const port = serverPort();
 await app.listen({ host: "127.0.0.1", port });
 log(`CodeCourier listening on http://127.0.0.1:${port} (accelerator: ${accel.accel} — ${accel.reason}; region ${region}; data: ${dataDir()})`);
+log(`VM resource limits: ${hostCgroups().summary}`);
 
 if ((await store.tenantCount()) === 0) {
   // Shown once: only its hash is stored. More keys: `codecourier keys create --tenant NAME`.

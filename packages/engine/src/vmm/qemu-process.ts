@@ -32,13 +32,15 @@ const ADOPTED_POLL_MS = 250;
 /** A QEMU process found running at start-up, identified by pid and the runtime directory on its command line. */
 export function adoptedProcess(pid: number, runDir: string): QemuProcess {
   const isAlive = () => isQemuOf(pid, runDir);
+  let timer: NodeJS.Timeout | undefined;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    const timer = setInterval(() => {
+    timer = setInterval(() => {
       if (!isAlive()) {
         clearInterval(timer);
         resolve({ code: null, signal: null });
       }
     }, ADOPTED_POLL_MS);
+    // A running VM alone does not keep the host process alive (as a child process would not either)…
     timer.unref();
   });
   return {
@@ -46,6 +48,9 @@ export function adoptedProcess(pid: number, runDir: string): QemuProcess {
     exited,
     isAlive,
     kill: () => {
+      // …but once it is being killed, someone waits for its exit, which only this poll can notice: without a
+      // reference the event loop could run empty first and the wait would never end.
+      timer?.ref();
       // Re-checked right before the signal: the pid may have been reused by an unrelated process.
       if (isAlive()) process.kill(pid, "SIGKILL");
     },

@@ -513,7 +513,8 @@ export class Vm extends EventEmitter {
     this.state = failed ? "crashed" : "stopped";
     if (wasStopped) return undefined;
     this.#stopping = true;
-    if (this.process.isAlive()) this.process.kill();
+    // Also when it looks dead already: kill() is a no-op then, and an adopted QEMU's exit is only seen while waited for.
+    this.process.kill();
     await this.#exit;
     await this.#cgroup?.remove();
     untrackVm(this.id);
