@@ -132,7 +132,7 @@ describe("codecourier sandbox commands (real server, real VMs)", () => {
   it("opens a shell on a terminal, prints a process's logs, and copies files and directories both ways", async () => {
     const id = (await ok(["create"])).trim();
     // script(1) gives the CLI a real terminal; what we write to its stdin is typed into it.
-    const shellCommand = `${process.execPath} ${cliMain} shell ${id} --cmd sh`;
+    const shellCommand = `stty rows 33 cols 91; exec ${process.execPath} ${cliMain} shell ${id} --cmd sh`;
     const shell = await new Promise<CliResult>((resolve, reject) => {
       const child = spawn("script", ["-qefc", shellCommand, "/dev/null"], { env: { ...env, COLUMNS: "90", LINES: "33" }, stdio: ["pipe", "pipe", "pipe"] });
       let stdout = "";
@@ -141,12 +141,13 @@ describe("codecourier sandbox commands (real server, real VMs)", () => {
       child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
       child.on("error", reject);
       child.on("close", (code) => resolve({ code, stdout, stderr }));
-      child.stdin.write("tty; echo in-shell-$((6*7))\n");
+      child.stdin.write("tty; stty size; echo in-shell-$((6*7))\n");
       setTimeout(() => child.stdin.end("exit 7\n"), 3000);
     });
     assert.equal(shell.code, 7, `shell: ${shell.stdout} ${shell.stderr}`);
     assert.match(shell.stdout, /in-shell-42/);
     assert.match(shell.stdout, /\/dev\/pts\/\d+/);
+    assert.match(shell.stdout, /^33 91\r?$/m, "the sandbox's terminal has this terminal's size");
 
     const sandbox = await Sandbox.connect(id, { url: server.url, apiKey: env.CODECOURIER_API_KEY });
     const background = await sandbox.runCommand("echo one; echo two >&2; echo three", { background: true });

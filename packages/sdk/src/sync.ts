@@ -9,8 +9,9 @@
  *      size whose mtimes differ are compared by SHA-256 (guest: one `sha256sum -z`; local: crypto.subtle) and sent
  *      only if the content differs; the rest is unchanged
  *   3. remove what is in the way (an entry of another type at a path) and, with `delete`, what the source lacks
- *   4. move the changed entries as one tar: up, it is streamed to a temp file in the guest and extracted with
- *      `tar -x`; down, the guest's `tar -c` writes one and it is streamed back and unpacked here
+ *   4. move the changed entries as one tar (gzipped when the files are small on average): up, it is streamed to a
+ *      temp file in the guest and extracted with `tar -x`; down, the guest's `tar -c` writes one and it is
+ *      streamed back and unpacked here
  *   5. files whose content matched but whose mtime did not get the source's mtime, so the next sync skips them
  *
  * Kept: content, permission bits and mtimes (to the millisecond; equal within 1 ms counts as equal). Symlinks are
@@ -86,6 +87,26 @@ export interface SyncTransport {
   read(path: string, options: RequestOptions & { format: "stream" }): Promise<ReadableStream<Uint8Array>>;
 }
 
+/**
+ * Archives are gzipped when their files average less than this: then tar's 512-byte headers and padding are much
+ * of the archive (10,000 small files make 10-20 MB of tar that gzip shrinks to well under 1 MB), and moving bytes
+ * in and out of the guest is slower than (de)compressing them. Large files are sent as they are, since the guest's
+ * CPU (emulated under TCG) would spend longer compressing than the transfer saves on content that may not shrink.
+ */
+const COMPRESS_BELOW_AVERAGE_BYTES = 256 * 1024;
+
+/** Whether to gzip an archive of these entries (see COMPRESS_BELOW_AVERAGE_BYTES). */
+export function shouldCompress(entries: readonly SyncEntry[]): boolean {
+  const files = entries.filter((entry) => entry.type !== "directory");
+  if (files.length === 0) return entries.length > 0;
+  const bytes = files.reduce((sum, entry) => sum + entry.size, 0);
+  return bytes / files.length < COMPRESS_BELOW_AVERAGE_BYTES;
+}
+
+/** The platform's gzip streams (Node, Bun and Deno all have them), typed for byte streams. */
+const gzip = (direction: "compress" | "decompress") =>
+  (direction === "compress" ? new CompressionStream("gzip") : new DecompressionStream("gzip")) as unknown as ReadableWritablePair<Uint8Array, Uint8Array>;
+
 /** Local files read ahead of the archive stream: a few dozen at once, and a bound on their bytes. */
 const READ_AHEAD_FILES = 32;
 const READ_AHEAD_BYTES = 64 * 1024 * 1024;
@@ -106,18 +127,24 @@ const HASH_SCRIPT = `cd -- "$1" && exec xargs -0 -r sha256sum -z --`;
 /** Removes the paths named on stdin (NUL-separated), relative to `$1`. */
 const REMOVE_SCRIPT = `cd -- "$1" && exec xargs -0 -r rm -rf --`;
 /**
- * Creates `$1`, extracts the archive `$2` into it (if given) and removes the archive; then sets the mtimes named on
- * stdin (NUL-separated pairs: seconds, path) on files whose content was already the same.
+ * Creates `$1`, extracts the archive `$2` into it (if given; gzipped if `$3` is "-z") and removes the archive; then
+ * sets the mtimes named on stdin (NUL-separated pairs: seconds, path) on files whose content was already the same.
  */
 const EXTRACT_SCRIPT = `mkdir -p -- "$1" || exit 1
 if [ -n "$2" ]; then
-  tar -x -f "$2" -C "$1" --no-same-owner; status=$?
+  tar -x $3 -f "$2" -C "$1" --no-same-owner; status=$?
   rm -f -- "$2"
   [ "$status" = 0 ] || exit "$status"
 fi
 cd -- "$1" && exec xargs -0 -r -n 2 sh -c 'exec touch -c -m -d "@$0" -- "$1"'`;
-/** Archives the entries named on stdin (NUL-separated, relative to `$1`) into `$2`, no recursion, links kept. */
-const ARCHIVE_SCRIPT = `cd -- "$1" && exec tar -c -f "$2" --format=posix --pax-option=delete=atime,delete=ctime --no-recursion \\
+/**
+ * Archives the entries named on stdin (NUL-separated, relative to `$1`) into `$2`, no recursion, links kept;
+ * gzipped (at level 1: the guest's CPU is the slow part) if `$3` is "gzip".
+ */
+const ARCHIVE_SCRIPT = `cd -- "$1" || exit 1
+archive=$2
+if [ "$3" = gzip ]; then set -- -I "gzip -1"; else set --; fi
+exec tar -c "$@" -f "$archive" --format=posix --pax-option=delete=atime,delete=ctime --no-recursion \\
   --hard-dereference --ignore-failed-read --verbatim-files-from --null -T -`;
 /** The guest's locale for these commands: names are bytes to find and sha256sum, but tar's PAX headers are UTF-8. */
 const GUEST_ENV = { LC_ALL: "C.UTF-8" };
@@ -143,7 +170,8 @@ async function syncUp(local: LocalSide, guest: GuestSide, options: SyncOptions):
   const transfer = [...plan.transfer, ...changed];
 
   await guest.remove(plan.remove);
-  const sent = await guest.extract(local.archive([...plan.directories, ...transfer]), sameContent);
+  const entries = [...plan.directories, ...transfer];
+  const sent = await guest.extract(local.archive(entries, shouldCompress(entries)), sameContent);
   return {
     direction: "up",
     uploaded: sent.entries,
@@ -166,9 +194,11 @@ async function syncDown(local: LocalSide, guest: GuestSide, options: SyncOptions
   let received = { entries: 0, bytes: 0 };
   const wanted = [...plan.directories, ...transfer];
   if (wanted.length > 0) {
-    const archive = await guest.archive(wanted.map((entry) => entry.path));
+    const compressed = shouldCompress(wanted);
+    const archive = await guest.archive(wanted.map((entry) => entry.path), compressed);
     try {
-      received = await local.unpack(await archive.open(), wanted);
+      const stream = await archive.open();
+      received = await local.unpack(compressed ? stream.pipeThrough(gzip("decompress")) : stream, wanted);
     } finally {
       await archive.remove();
     }
@@ -378,18 +408,18 @@ class GuestSide {
       }
     }
     const touches = retouch.map((entry) => `${epochSeconds(entry.mtimeMs)}\0${entry.path}\0`).join("");
-    const result = await this.#run("extracting", EXTRACT_SCRIPT, [archivePath], touches);
+    const result = await this.#run("extracting", EXTRACT_SCRIPT, [archivePath, archive.compressed ? "-z" : ""], touches);
     if (result.exitCode !== 0) this.#fail(`extracting into ${this.root}`, result);
     return archive.sent();
   }
 
   /** A guest archive of `paths` in a temp file; the caller streams it and must remove it. */
-  async archive(paths: string[]): Promise<{ open(): Promise<ReadableStream<Uint8Array>>; remove(): Promise<void> }> {
+  async archive(paths: string[], compressed: boolean): Promise<{ open(): Promise<ReadableStream<Uint8Array>>; remove(): Promise<void> }> {
     const archivePath = `/tmp/.codecourier-sync-${randomName()}.tar`;
     const remove = async () => {
       await this.sandbox.run(["rm", "-f", "--", archivePath], {}).catch(() => undefined);
     };
-    const result = await this.#run("archiving", ARCHIVE_SCRIPT, [archivePath], nulList(paths)).catch(async (error: unknown) => {
+    const result = await this.#run("archiving", ARCHIVE_SCRIPT, [archivePath, compressed ? "gzip" : ""], nulList(paths)).catch(async (error: unknown) => {
       await remove();
       throw error;
     });
@@ -406,6 +436,7 @@ type NodeFs = typeof import("node:fs/promises");
 /** An archive being produced from local files as it is sent; `sent()` tells what went into it. */
 interface LocalArchive {
   count: number;
+  compressed: boolean;
   stream: ReadableStream<Uint8Array>;
   sent(): { entries: number; bytes: number };
 }
@@ -478,7 +509,7 @@ class LocalSide {
    * A tar of these entries, files read as the stream reaches them, several at a time (one by one, reading 10,000
    * small files costs more than sending them); a file gone since the listing is skipped.
    */
-  archive(entries: readonly SyncEntry[]): LocalArchive {
+  archive(entries: readonly SyncEntry[], compressed: boolean): LocalArchive {
     let sentEntries = 0;
     let sentBytes = 0;
     const load = async (entry: SyncEntry): Promise<TarEntry | undefined> => {
@@ -518,7 +549,13 @@ class LocalSide {
         yield entry;
       }
     }
-    return { count: entries.length, stream: tarStream(read()), sent: () => ({ entries: sentEntries, bytes: sentBytes }) };
+    const tar = tarStream(read());
+    return {
+      count: entries.length,
+      compressed,
+      stream: compressed ? tar.pipeThrough(gzip("compress")) : tar,
+      sent: () => ({ entries: sentEntries, bytes: sentBytes }),
+    };
   }
 
   /** Creates the root and removes the given paths (each one found by the local listing, so inside the root). */

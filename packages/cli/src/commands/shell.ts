@@ -26,8 +26,7 @@ export function registerShellCommand(program: Command): void {
       if (!process.stdin.isTTY || !process.stdout.isTTY) fail("shell needs a terminal on stdin and stdout; use `codecourier exec` in scripts", 2);
       const sandbox = await Sandbox.connect(id, connection(flags));
       const shell = await sandbox.pty.create({
-        rows: process.stdout.rows,
-        cols: process.stdout.columns,
+        ...terminalSize(),
         cmd: flags.cmd,
         cwd: flags.cwd,
         user: flags.user,
@@ -65,7 +64,7 @@ function forwardTerminal(shell: PtyProcess): () => void {
     pending.push(data);
     flush();
   };
-  const onResize = () => void shell.resize({ rows: process.stdout.rows, cols: process.stdout.columns }).catch(() => undefined);
+  const onResize = () => void shell.resize(terminalSize()).catch(() => undefined);
   process.stdin.setRawMode(true);
   process.stdin.on("data", onKeys);
   process.stdin.resume();
@@ -76,4 +75,11 @@ function forwardTerminal(shell: PtyProcess): () => void {
     process.stdin.setRawMode(false);
     process.stdin.pause();
   };
+}
+
+/** This terminal's size; 24×80 when it reports none (a terminal whose size was never set reads as 0×0). */
+function terminalSize(): { rows: number; cols: number } {
+  const rows = process.stdout.rows || 24;
+  const cols = process.stdout.columns || 80;
+  return { rows, cols };
 }

@@ -68,7 +68,7 @@ export function detectHostCgroups(): HostCgroups {
   const v2 = tryV2(own, mounts);
   if ("hierarchies" in v2) return available(2, v2.hierarchies, v2.notes);
   const v1 = tryV1(own, mounts);
-  if ("hierarchies" in v1) return available(1, v1.hierarchies, v1.notes);
+  if ("hierarchies" in v1) return available(1, v1.hierarchies, [...v1.notes, `not v2: ${v2.problem}`]);
   return unavailable(`cgroup v2: ${v2.problem}; cgroup v1: ${v1.problem}`);
 }
 
