@@ -7,8 +7,9 @@ import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { tmpdir } from "node:os";
 import { isAbsolute, join } from "node:path";
 import { after, describe, it } from "node:test";
+import { gzipSync } from "node:zlib";
 import { CodeCourierError } from "./errors.js";
-import { checkRelativePath, parseGuestListing, parseSha256List, planSync, syncDirectory, type SyncEntry, type SyncTransport } from "./sync.js";
+import { checkRelativePath, parseGuestListing, parseSha256List, planSync, shouldCompress, syncDirectory, type SyncEntry, type SyncTransport } from "./sync.js";
 import { createTar, type TarEntry } from "./tar.js";
 
 const file = (path: string, size: number, mtimeMs: number, mode = 0o644): SyncEntry => ({ path, type: "file", size, mtimeMs, mode });
@@ -55,6 +56,15 @@ describe("planSync", () => {
     const plan = planSync([link("a", "x"), link("b", "y")], [link("a", "x"), link("b", "z")], { delete: false });
     assert.deepEqual(plan.transfer.map((e) => e.path), ["b"]);
     assert.equal(plan.unchanged, 1);
+  });
+});
+
+describe("shouldCompress", () => {
+  it("gzips archives of small files (mostly tar headers) and not those of large ones", () => {
+    assert.equal(shouldCompress([dir("d"), file("a", 10, 1), file("b", 20_000, 1)]), true);
+    assert.equal(shouldCompress([file("big", 50 * 1024 * 1024, 1), file("small", 10, 1)]), false);
+    assert.equal(shouldCompress([dir("only-dirs")]), true);
+    assert.equal(shouldCompress([]), false);
   });
 });
 
@@ -243,20 +253,27 @@ describe("syncDirectory against a hostile guest", () => {
   mkdirSync(outside);
 
   /** A "guest" that lists `listing` and sends `archive`, whatever it is asked. */
-  const hostile = (listing: SyncEntry[], archive: TarEntry[]): SyncTransport => ({
-    async run(argv) {
-      const script = argv[2] ?? "";
-      const stdout = script.includes("find")
-        ? listing.map((e) => [{ file: "f", directory: "d", symlink: "l" }[e.type], e.size, e.mtimeMs / 1000, e.mode.toString(8), e.path, e.linkTarget ?? ""].map((f) => `${f}\0`).join("")).join("")
-        : "";
-      return { exitCode: 0, signal: null, timedOut: false, stdout, stderr: "" };
-    },
-    async write() {},
-    async read() {
-      const bytes = createTar(archive);
-      return new ReadableStream({ start: (c) => (c.enqueue(bytes), c.close()) });
-    },
-  });
+  const hostile = (listing: SyncEntry[], archive: TarEntry[]): SyncTransport => {
+    let gzipped = false;
+    return {
+      async run(argv) {
+        const script = argv[2] ?? "";
+        if (script.includes("tar -c")) gzipped = argv.includes("gzip");
+        const stdout = script.includes("find")
+          ? listing
+              .map((e) => [{ file: "f", directory: "d", symlink: "l" }[e.type], e.size, e.mtimeMs / 1000, e.mode.toString(8), e.path, e.linkTarget ?? ""])
+              .map((fields) => fields.map((f) => `${f}\0`).join(""))
+              .join("")
+          : "";
+        return { exitCode: 0, signal: null, timedOut: false, stdout, stderr: "" };
+      },
+      async write() {},
+      async read() {
+        const bytes = gzipped ? new Uint8Array(gzipSync(createTar(archive))) : createTar(archive);
+        return new ReadableStream({ start: (c) => (c.enqueue(bytes), c.close()) });
+      },
+    };
+  };
   const data = new TextEncoder().encode("pwned");
 
   it("refuses archive entries that were not asked for, such as a path with ..", async () => {

@@ -54,6 +54,7 @@ describe("control-plane API (real server, real VMs)", () => {
     assert.equal(health.body.ok, true);
     assert.equal(health.body.region, "eu-west-1");
     assert.ok(["kvm", "tcg"].includes(health.body.accel));
+    assert.equal(typeof health.body.vmLimits.enforced, "boolean", "health says whether VM limits are enforced");
     const openapi = await call("GET", "/openapi.json", undefined);
     assert.equal(openapi.status, 200);
     assert.equal(openapi.body.openapi, "3.1.0");

@@ -7,6 +7,7 @@ import type { SandboxService } from "../control/sandbox-service.js";
 import type { GuestImage } from "../images/guest-image.js";
 import type { AcceleratorChoice } from "../vmm/accel.js";
 import { ApiError, toApiError } from "./api-error.js";
+import { hostCgroups } from "../vmm/cgroups/host-cgroups.js";
 import { StreamAnswer, type RouteSpec } from "./route.js";
 import { fileRoutes } from "./routes/files.js";
 import { processRoutes } from "./routes/processes.js";
@@ -55,6 +56,7 @@ export function buildApp(context: AppContext): FastifyInstance {
     accel: context.accel.accel,
     accelReason: context.accel.reason,
     region: context.region,
+    vmLimits: vmLimitsHealth(),
     image: { id: context.image.id, kernel: context.image.kernelVersion },
   }));
   const openApi = openApiDocument(routes);
@@ -119,4 +121,12 @@ function openApiDocument(routes: RouteSpec[]): Record<string, unknown> {
       ...paths,
     },
   };
+}
+
+/** How VMs are held to their cpu and memory: the cgroup version and controllers, or why they are not. */
+function vmLimitsHealth(): Record<string, unknown> {
+  const cgroups = hostCgroups();
+  return cgroups.available
+    ? { enforced: true, cgroup: cgroups.version, controllers: cgroups.controllers, summary: cgroups.summary }
+    : { enforced: false, reason: cgroups.reason };
 }
