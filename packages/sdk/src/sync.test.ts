@@ -208,6 +208,7 @@ describe("syncDirectory over a loopback transport (this machine's GNU tools as t
     const transport = loopbackTransport(home);
     const again = await syncDirectory(transport, local, "remote/tree", { direction: "up" });
     assert.deepEqual(again, { direction: "up", uploaded: 0, downloaded: 0, deleted: 0, unchanged: 5, bytes: 0 });
+    assert.equal(transport.commands.length, 1, "nothing changed: the listing is the only guest command");
 
     put("a.txt", "ALPHA", 1_700_000_100); // same size, new content
     put("with space/b.txt", "bravo", 1_700_000_200.25); // same content, new mtime

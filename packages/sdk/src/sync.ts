@@ -164,14 +164,16 @@ export async function syncDirectory(sandbox: SyncTransport, localDir: string, re
 async function syncUp(local: LocalSide, guest: GuestSide, options: SyncOptions): Promise<SyncResult> {
   const source = await local.list();
   if (source === undefined) throw new NotFoundError(`sync: the local directory ${local.root} does not exist`, { status: undefined });
-  const target = (await guest.list()) ?? [];
-  const plan = planSync(source, target, { delete: options.delete ?? false });
+  const existing = await guest.list();
+  const plan = planSync(source, existing ?? [], { delete: options.delete ?? false });
   const { changed, sameContent } = await splitByHash(plan.compareByHash, (paths) => local.hash(paths), (paths) => guest.hash(paths));
   const transfer = [...plan.transfer, ...changed];
 
   await guest.remove(plan.remove);
   const entries = [...plan.directories, ...transfer];
-  const sent = await guest.extract(local.archive(entries, shouldCompress(entries)), sameContent);
+  // Nothing to send, no mtime to fix and the directory there: the sync is done without another command.
+  const idle = entries.length === 0 && sameContent.length === 0 && existing !== undefined;
+  const sent = idle ? { entries: 0, bytes: 0 } : await guest.extract(local.archive(entries, shouldCompress(entries)), sameContent);
   return {
     direction: "up",
     uploaded: sent.entries,
