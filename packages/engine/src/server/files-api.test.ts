@@ -5,10 +5,8 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { createServer, request as httpRequest, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { Sandbox } from "@codecourier/sdk";
-import { CONTROL_DATABASE_FILE, ControlStore } from "../control/control-store.js";
 import { startLocalServer, type LocalServer } from "../testing/local-server.js";
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
@@ -89,9 +87,7 @@ describe("files API (real server, real VM)", () => {
     server = await startLocalServer({ prefix: "ccfiles-" });
     base = server.url;
     key = /API key for tenant "admin" \(shown once, keep it\): (\S+)/.exec(server.log())?.[1] ?? "";
-    const store = await ControlStore.openSqlite(join(server.home, CONTROL_DATABASE_FILE));
-    otherTenantKey = (await store.createKey("other-team")).apiKey;
-    await store.close();
+    otherTenantKey = await server.createKey("other-team");
     sdk = await import("@codecourier/sdk");
     sandbox = await sdk.createSandbox({ url: base, apiKey: key }).catch((error: unknown) => {
       throw new Error(`no sandbox: ${String(error)}\nserver log:\n${server.log()}`);

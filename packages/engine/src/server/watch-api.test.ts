@@ -1,10 +1,8 @@
 // File watching through the whole stack: SDK → HTTP → server → agent → guest-watch in a real VM, and back. One
 // server, one sandbox for the whole file.
 import assert from "node:assert/strict";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { Sandbox, WatchEvent } from "@codecourier/sdk";
-import { CONTROL_DATABASE_FILE, ControlStore } from "../control/control-store.js";
 import { startLocalServer, type LocalServer } from "../testing/local-server.js";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -46,9 +44,7 @@ describe("file watch API (real server, real VM)", () => {
     server = await startLocalServer({ prefix: "ccwatch-" });
     base = server.url;
     key = /API key for tenant "admin" \(shown once, keep it\): (\S+)/.exec(server.log())?.[1] ?? "";
-    const store = await ControlStore.openSqlite(join(server.home, CONTROL_DATABASE_FILE));
-    otherTenantKey = (await store.createKey("other-team")).apiKey;
-    await store.close();
+    otherTenantKey = await server.createKey("other-team");
     sdk = await import("@codecourier/sdk");
     sandbox = await sdk.createSandbox({ url: base, apiKey: key }).catch((error: unknown) => {
       throw new Error(`no sandbox: ${String(error)}\nserver log:\n${server.log()}`);
