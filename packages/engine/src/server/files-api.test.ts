@@ -304,4 +304,33 @@ describe("files API (real server, real VM)", () => {
     assert.ok(reads >= 5, `the reader ran alongside the writes (${reads} reads)`);
     assert.equal(sha256(await f.read("contended.bin", { format: "bytes" })), sha256(versions.at(-1)!));
   });
+
+  it("a 1 GiB file makes the round trip (streamed up in resumable chunks, streamed down) with equal sha256", async () => {
+    // Distinct 1 MiB pieces, so a dropped, repeated or reordered chunk changes the digest. ~4-5 min under TCG.
+    const mib = 1024;
+    const piece = randomBytes(1 << 20);
+    const up = createHash("sha256");
+    let sent = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (sent === mib) return controller.close();
+        const chunk = Buffer.from(piece);
+        chunk.writeUInt32LE(sent++, 0);
+        up.update(chunk);
+        controller.enqueue(chunk);
+      },
+    });
+    const written = await sandbox.files.write("gib.bin", body);
+    assert.equal(written.size, mib << 20);
+    const down = createHash("sha256");
+    let received = 0;
+    for await (const chunk of await sandbox.files.read("gib.bin", { format: "stream" })) {
+      down.update(chunk);
+      received += chunk.length;
+    }
+    assert.equal(received, mib << 20);
+    const expected = up.digest("hex");
+    assert.equal(down.digest("hex"), expected);
+    assert.equal((await sandbox.runCommand("sha256sum gib.bin && rm gib.bin", { check: true })).stdout.split(" ")[0], expected, "the guest's copy too");
+  });
 });
