@@ -305,7 +305,8 @@ describe("files API (real server, real VM)", () => {
     assert.equal(sha256(await f.read("contended.bin", { format: "bytes" })), sha256(versions.at(-1)!));
   });
 
-  it("a 1 GiB file makes the round trip (streamed up in resumable chunks, streamed down) with equal sha256", async () => {
+  // Its own time limit: the runner's 5 minutes per test is about what this takes on a busy 2-core TCG host.
+  it("a 1 GiB file makes the round trip (streamed up in resumable chunks, streamed down) with equal sha256", { timeout: 15 * 60_000 }, async () => {
     // Distinct 1 MiB pieces, so a dropped, repeated or reordered chunk changes the digest. ~4-5 min under TCG.
     const mib = 1024;
     const piece = randomBytes(1 << 20);
