@@ -33,4 +33,5 @@ export {
 export { SandboxService, type SandboxServiceOptions } from "./control/sandbox-service.js";
 export { buildApp, type AppContext } from "./server/app.js";
 export { isolatedDataDir } from "./testing/isolated-data-dir.js";
-export { startLocalServer, freePort, type LocalServer } from "./testing/local-server.js";
+export { startLocalServer, freePort, withServerLog, type LocalServer } from "./testing/local-server.js";
+export { numberedPieces } from "./testing/numbered-pieces.js";

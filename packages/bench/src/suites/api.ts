@@ -1,8 +1,8 @@
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chooseAccelerator, ControlStore, ensureGuestImage, startLocalServer } from "@codecourier/engine";
+import { chooseAccelerator, ControlStore, ensureGuestImage, numberedPieces, startLocalServer } from "@codecourier/engine";
 import { createSandbox, type Sandbox } from "@codecourier/sdk";
 import { floorRestore, prepareFloorState } from "../floor-restore.js";
 import { benchHost, type SuiteResult } from "../report.js";
@@ -17,20 +17,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** 1 GiB up through the SDK (a stream of distinct 1 MiB pieces) and back down; MB/s each way, sha256 checked. */
 async function fileRoundTrip(sandbox: Sandbox): Promise<{ writeMBps: number; readMBps: number }> {
-  const piece = randomBytes(1 << 20);
-  const up = createHash("sha256");
-  let sent = 0;
-  const body = new ReadableStream<Uint8Array>({
-    pull(controller) {
-      if (sent === FILE_MIB) return controller.close();
-      const chunk = Buffer.from(piece);
-      chunk.writeUInt32LE(sent++, 0);
-      up.update(chunk);
-      controller.enqueue(chunk);
-    },
-  });
+  const body = numberedPieces(FILE_MIB);
   let t0 = performance.now();
-  await sandbox.files.write("bench.bin", body);
+  await sandbox.files.write("bench.bin", body.stream);
   const writeS = (performance.now() - t0) / 1000;
   const down = createHash("sha256");
   let received = 0;
@@ -40,7 +29,7 @@ async function fileRoundTrip(sandbox: Sandbox): Promise<{ writeMBps: number; rea
     received += chunk.length;
   }
   const readS = (performance.now() - t0) / 1000;
-  if (received !== FILE_MIB << 20 || down.digest("hex") !== up.digest("hex")) throw new Error("the file came back different");
+  if (received !== FILE_MIB << 20 || down.digest("hex") !== body.digest()) throw new Error("the file came back different");
   await sandbox.runCommand("rm -f bench.bin", { check: true });
   const mb = (FILE_MIB * 2 ** 20) / 1e6;
   return { writeMBps: mb / writeS, readMBps: mb / readS };

@@ -7,7 +7,8 @@ import { createServer, request as httpRequest, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import type { Sandbox } from "@codecourier/sdk";
-import { startLocalServer, type LocalServer } from "../testing/local-server.js";
+import { startLocalServer, withServerLog, type LocalServer } from "../testing/local-server.js";
+import { numberedPieces } from "../testing/numbered-pieces.js";
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
 const MiB = 1024 * 1024;
@@ -86,12 +87,10 @@ describe("files API (real server, real VM)", () => {
   before(async () => {
     server = await startLocalServer({ prefix: "ccfiles-" });
     base = server.url;
-    key = /API key for tenant "admin" \(shown once, keep it\): (\S+)/.exec(server.log())?.[1] ?? "";
+    key = await server.createKey("files-test");
     otherTenantKey = await server.createKey("other-team");
     sdk = await import("@codecourier/sdk");
-    sandbox = await sdk.createSandbox({ url: base, apiKey: key }).catch((error: unknown) => {
-      throw new Error(`no sandbox: ${String(error)}\nserver log:\n${server.log()}`);
-    });
+    sandbox = await withServerLog(server, () => sdk.createSandbox({ url: base, apiKey: key }));
   });
 
   after(async () => {
@@ -307,21 +306,9 @@ describe("files API (real server, real VM)", () => {
 
   // Its own time limit: the runner's 5 minutes per test is about what this takes on a busy 2-core TCG host.
   it("a 1 GiB file makes the round trip (streamed up in resumable chunks, streamed down) with equal sha256", { timeout: 15 * 60_000 }, async () => {
-    // Distinct 1 MiB pieces, so a dropped, repeated or reordered chunk changes the digest. ~4-5 min under TCG.
     const mib = 1024;
-    const piece = randomBytes(1 << 20);
-    const up = createHash("sha256");
-    let sent = 0;
-    const body = new ReadableStream<Uint8Array>({
-      pull(controller) {
-        if (sent === mib) return controller.close();
-        const chunk = Buffer.from(piece);
-        chunk.writeUInt32LE(sent++, 0);
-        up.update(chunk);
-        controller.enqueue(chunk);
-      },
-    });
-    const written = await sandbox.files.write("gib.bin", body);
+    const body = numberedPieces(mib);
+    const written = await sandbox.files.write("gib.bin", body.stream);
     assert.equal(written.size, mib << 20);
     const down = createHash("sha256");
     let received = 0;
@@ -330,7 +317,7 @@ describe("files API (real server, real VM)", () => {
       received += chunk.length;
     }
     assert.equal(received, mib << 20);
-    const expected = up.digest("hex");
+    const expected = body.digest();
     assert.equal(down.digest("hex"), expected);
     assert.equal((await sandbox.runCommand("sha256sum gib.bin && rm gib.bin", { check: true })).stdout.split(" ")[0], expected, "the guest's copy too");
   });

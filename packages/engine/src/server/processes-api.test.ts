@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { NotFoundError, PtyProcess, Sandbox, createSandbox, type ConnectionOptions } from "@codecourier/sdk";
-import { startLocalServer, type LocalServer } from "../testing/local-server.js";
+import { startLocalServer, withServerLog, type LocalServer } from "../testing/local-server.js";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -29,9 +29,7 @@ describe("processes API (real server, real VMs)", () => {
     server = await startLocalServer({ prefix: "ccproc-" });
     connA = { url: server.url, apiKey: await server.createKey("team-a") };
     connB = { url: server.url, apiKey: await server.createKey("team-b") };
-    sandbox = await createSandbox(connA).catch((error: unknown) => {
-      throw new Error(`create failed: ${String(error)}\nserver log:\n${server.log()}`);
-    });
+    sandbox = await withServerLog(server, () => createSandbox(connA));
   });
 
   after(async () => {

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { Sandbox, WatchEvent } from "@codecourier/sdk";
-import { startLocalServer, type LocalServer } from "../testing/local-server.js";
+import { startLocalServer, withServerLog, type LocalServer } from "../testing/local-server.js";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -43,12 +43,10 @@ describe("file watch API (real server, real VM)", () => {
   before(async () => {
     server = await startLocalServer({ prefix: "ccwatch-" });
     base = server.url;
-    key = /API key for tenant "admin" \(shown once, keep it\): (\S+)/.exec(server.log())?.[1] ?? "";
+    key = await server.createKey("watch-test");
     otherTenantKey = await server.createKey("other-team");
     sdk = await import("@codecourier/sdk");
-    sandbox = await sdk.createSandbox({ url: base, apiKey: key }).catch((error: unknown) => {
-      throw new Error(`no sandbox: ${String(error)}\nserver log:\n${server.log()}`);
-    });
+    sandbox = await withServerLog(server, () => sdk.createSandbox({ url: base, apiKey: key }));
   });
 
   after(async () => {

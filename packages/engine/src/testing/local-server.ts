@@ -74,3 +74,12 @@ export async function startLocalServer(options: { prefix?: string; env?: Record<
   };
   return { url: `http://127.0.0.1:${port}`, home, log: () => output, createKey, stop };
 }
+
+/** Runs `work`; a failure carries the server's log, where an API answer's "internal error" is explained. */
+export async function withServerLog<T>(server: LocalServer, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    throw new Error(`${String(error)}\nserver log:\n${server.log()}`, { cause: error });
+  }
+}
