@@ -8,8 +8,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Duplex, Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
-import { createAgent, type Agent, type AgentOptions, type AgentSession } from "@codecourier/agent";
+import { createAgent, type Agent, type AgentOptions } from "@codecourier/agent";
 import { compileGuestHelper, guestHelper } from "../images/guest-helpers.js";
+import { serveAgentInProcess } from "./testing/in-process-agent.js";
 import { AgentPath, EXEC_ID_HEADER, OutputKind, encodeRecord } from "@codecourier/protocol";
 import {
   AgentClient,
@@ -49,30 +50,7 @@ async function createGuestLikeAgent(options: AgentOptions = {}): Promise<Agent> 
 
 /** The agent served in-process on a Unix socket, the way QEMU exposes the guest's port to the host. */
 async function startAgent(given?: Agent) {
-  const agent = given ?? (await createGuestLikeAgent());
-  const dir = await mkdtemp(join(tmpdir(), "cc-agent-test-"));
-  const socketPath = join(dir, "agent.sock");
-  const sessions: AgentSession[] = [];
-  const sockets = new Set<Socket>();
-  const server = createServer((socket) => {
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
-    sessions.push(agent.serveSession(socket));
-  });
-  await listen(server, socketPath);
-  return {
-    agent,
-    dir,
-    socketPath,
-    sessions,
-    async stop() {
-      agent.killAllCommands();
-      for (const session of sessions) session.close();
-      for (const socket of sockets) socket.destroy();
-      await new Promise((resolve) => server.close(resolve));
-      await rm(dir, { recursive: true, force: true });
-    },
-  };
+  return serveAgentInProcess(given ?? (await createGuestLikeAgent()));
 }
 
 /** Processes of a process group that are still alive (zombies excluded). */

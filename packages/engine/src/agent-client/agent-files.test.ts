@@ -6,42 +6,17 @@ import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { connect as connectHttp2 } from "node:http2";
-import { connect as connectSocket, createServer, type Socket } from "node:net";
-import { tmpdir } from "node:os";
+import { connect as connectSocket } from "node:net";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
-import { createAgent, type AgentSession } from "@codecourier/agent";
+import { createAgent } from "@codecourier/agent";
 import { AgentPath, FILE_LIMITS } from "@codecourier/protocol";
 import { AgentClient } from "./index.js";
+import { serveAgentInProcess } from "./testing/in-process-agent.js";
 
 /** The agent on a Unix socket, the way QEMU exposes the guest's port; file operations need no spawner. */
-async function startAgent() {
-  const agent = createAgent();
-  const dir = await mkdtemp(join(tmpdir(), "cc-agent-files-"));
-  const socketPath = join(dir, "agent.sock");
-  const sessions: AgentSession[] = [];
-  const sockets = new Set<Socket>();
-  const server = createServer((socket) => {
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
-    sessions.push(agent.serveSession(socket));
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(socketPath, resolve);
-  });
-  return {
-    dir,
-    socketPath,
-    async stop() {
-      for (const session of sessions) session.close();
-      for (const socket of sockets) socket.destroy();
-      await new Promise((resolve) => server.close(resolve));
-      await rm(dir, { recursive: true, force: true });
-    },
-  };
-}
+const startAgent = () => serveAgentInProcess(createAgent(), "cc-agent-files-");
 
 /** A request the AgentClient would refuse to send (it checks its arguments): how the agent itself answers it. */
 async function rawRequest(socketPath: string, method: string, path: string, body?: Buffer): Promise<{ status: number; body: string }> {
