@@ -304,8 +304,8 @@ describe("files API (real server, real VM)", () => {
     assert.equal(sha256(await f.read("contended.bin", { format: "bytes" })), sha256(versions.at(-1)!));
   });
 
-  // Its own time limit: the runner's 5 minutes per test is about what this takes on a busy 2-core TCG host.
-  it("a 1 GiB file makes the round trip (streamed up in resumable chunks, streamed down) with equal sha256", { timeout: 15 * 60_000 }, async () => {
+  // ~5 min under TCG on this 2-core host (scripts/test.mjs gives each file 15 min).
+  it("a 1 GiB file makes the round trip (streamed up in resumable chunks, streamed down) with equal sha256", async () => {
     const mib = 1024;
     const body = numberedPieces(mib);
     const written = await sandbox.files.write("gib.bin", body.stream);
