@@ -7,6 +7,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { mkdir, mkdtemp, readFile, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
+import type { Writable } from "node:stream";
 import { Sandbox } from "@codecourier/sdk";
 import { startLocalServer, type LocalServer } from "@codecourier/engine";
 
@@ -24,22 +25,27 @@ interface SandboxJson {
   metadata: Record<string, string>;
 }
 
+/** Runs a program to its end with piped stdio; `feed` writes its stdin. Its stdout and stderr, collected. */
+function runCollecting(file: string, args: string[], env: NodeJS.ProcessEnv, feed: (stdin: Writable) => void): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, { env, stdio: ["pipe", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code, stdout, stderr }));
+    feed(child.stdin);
+  });
+}
+
 describe("codecourier sandbox commands (real server, real VMs)", () => {
   let server: LocalServer;
   let env: NodeJS.ProcessEnv;
 
   /** The CLI, asynchronously: a blocking spawnSync would stop us draining the server's stderr pipe. */
   const cli = (args: string[], stdin = ""): Promise<CliResult> =>
-    new Promise((resolve, reject) => {
-      const child = spawn(process.execPath, [cliMain, ...args], { env, stdio: ["pipe", "pipe", "pipe"] });
-      let stdout = "";
-      let stderr = "";
-      child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
-      child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-      child.on("error", reject);
-      child.on("close", (code) => resolve({ code, stdout, stderr }));
-      child.stdin.end(stdin);
-    });
+    runCollecting(process.execPath, [cliMain, ...args], env, (input) => input.end(stdin));
 
   /** The CLI, which must succeed: its stdout. */
   const ok = async (args: string[], stdin?: string): Promise<string> => {
@@ -133,16 +139,9 @@ describe("codecourier sandbox commands (real server, real VMs)", () => {
     const id = (await ok(["create"])).trim();
     // script(1) gives the CLI a real terminal; what we write to its stdin is typed into it.
     const shellCommand = `stty rows 33 cols 91; exec ${process.execPath} ${cliMain} shell ${id} --cmd sh`;
-    const shell = await new Promise<CliResult>((resolve, reject) => {
-      const child = spawn("script", ["-qefc", shellCommand, "/dev/null"], { env: { ...env, COLUMNS: "90", LINES: "33" }, stdio: ["pipe", "pipe", "pipe"] });
-      let stdout = "";
-      let stderr = "";
-      child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
-      child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-      child.on("error", reject);
-      child.on("close", (code) => resolve({ code, stdout, stderr }));
-      child.stdin.write("tty; stty size; echo in-shell-$((6*7))\n");
-      setTimeout(() => child.stdin.end("exit 7\n"), 3000);
+    const shell = await runCollecting("script", ["-qefc", shellCommand, "/dev/null"], { ...env, COLUMNS: "90", LINES: "33" }, (input) => {
+      input.write("tty; stty size; echo in-shell-$((6*7))\n");
+      setTimeout(() => input.end("exit 7\n"), 3000);
     });
     assert.equal(shell.code, 7, `shell: ${shell.stdout} ${shell.stderr}`);
     assert.match(shell.stdout, /in-shell-42/);

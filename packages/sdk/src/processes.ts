@@ -36,7 +36,7 @@ export type StartProcessOptions = Omit<StartProcessRequest, "cmd" | "argv"> & Re
  * `sandbox.processes.connect(pid)`) and still see it from the beginning — within the last 4 MiB.
  */
 export class CommandProcess {
-  readonly #client: ApiClient;
+  protected readonly client: ApiClient;
   protected readonly path: string;
 
   /** @internal Use sandbox.runCommand(…, { background: true }), sandbox.processes or sandbox.pty. */
@@ -45,13 +45,13 @@ export class CommandProcess {
     sandboxPath: string,
     readonly pid: string,
   ) {
-    this.#client = client;
+    this.client = client;
     this.path = `${sandboxPath}/processes/${encodeURIComponent(pid)}`;
   }
 
   /** Whether it runs, and how it ended. */
   info(options: RequestOptions = {}): Promise<ProcessInfo> {
-    return this.#client.request<ProcessInfo>("GET", this.path, options);
+    return this.client.request<ProcessInfo>("GET", this.path, options);
   }
 
   /** Its output chunks in order; ends when the process exits (or, with follow: false, once caught up). */
@@ -94,23 +94,23 @@ export class CommandProcess {
 
   /** Sends a signal to its process group (default SIGKILL). An exited process is left as it is. */
   kill(signal = "SIGKILL", options: RequestOptions = {}): Promise<ProcessInfo> {
-    return this.#client.request<ProcessInfo>("POST", `${this.path}/signal`, { body: { signal }, signal: options.signal });
+    return this.client.request<ProcessInfo>("POST", `${this.path}/signal`, { body: { signal }, signal: options.signal });
   }
 
   /** Writes to its stdin (text as UTF-8). It must have been started with keepStdinOpen (a pty always is). */
   async sendStdin(data: string | Uint8Array, options: RequestOptions = {}): Promise<void> {
     const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
-    await this.#client.raw("POST", `${this.path}/stdin`, { body: bytes as BodyInit, signal: options.signal });
+    await this.client.raw("POST", `${this.path}/stdin`, { body: bytes as BodyInit, signal: options.signal });
   }
 
   /** Ends its stdin: the process reads EOF. */
   async closeStdin(options: RequestOptions = {}): Promise<void> {
-    await this.#client.request<void>("POST", `${this.path}/stdin/close`, options);
+    await this.client.request<void>("POST", `${this.path}/stdin/close`, options);
   }
 
   async *#events(options: OutputOptions): AsyncGenerator<ApiProcessEvent> {
     const query = new URLSearchParams({ from: String(options.from ?? 0), follow: String(options.follow ?? true) });
-    const response = await this.#client.raw("GET", `${this.path}/output`, { query, signal: options.signal });
+    const response = await this.client.raw("GET", `${this.path}/output`, { query, signal: options.signal });
     if (response.body === null) throw new CodeCourierError(`the server sent no output stream for process ${this.pid}`, { code: "internal" });
     yield* readNdjson<ApiProcessEvent>(response.body);
   }
@@ -124,11 +124,6 @@ export class CommandProcess {
     }
     const rest = decoder.decode();
     if (rest !== "") yield rest;
-  }
-
-  /** @internal */
-  protected get client(): ApiClient {
-    return this.#client;
   }
 }
 

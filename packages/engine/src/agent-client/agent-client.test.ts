@@ -10,7 +10,7 @@ import { Duplex, Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { createAgent, type Agent, type AgentOptions } from "@codecourier/agent";
 import { compileGuestHelper, guestHelper } from "../images/guest-helpers.js";
-import { serveAgentInProcess } from "./testing/in-process-agent.js";
+import { serveAgentInProcess, serveFakeAgent } from "./testing/in-process-agent.js";
 import { AgentPath, EXEC_ID_HEADER, OutputKind, encodeRecord } from "@codecourier/protocol";
 import {
   AgentClient,
@@ -532,29 +532,6 @@ async function withLyingAgent(check: (client: AgentClient) => Promise<void>) {
   await serveFakeAgent(dir, socketPath, http2, check);
 }
 
-/** Serves a scripted HTTP/2 "agent" on a real Unix socket, runs `check` with a connected client, cleans up. */
-async function serveFakeAgent(
-  dir: string,
-  socketPath: string,
-  http2: Http2Server,
-  check: (client: AgentClient) => Promise<void>,
-  onSocket: (socket: Socket) => void = () => {},
-): Promise<void> {
-  const server = createServer((socket) => {
-    onSocket(socket);
-    socket.on("error", () => {});
-    http2.emit("connection", socket);
-  });
-  await listen(server, socketPath);
-  const client = await AgentClient.connect(socketPath);
-  try {
-    await check(client);
-  } finally {
-    await client.close();
-    await new Promise((resolve) => server.close(resolve));
-    await rm(dir, { recursive: true, force: true });
-  }
-}
 
 describe("lying agent", () => {
   it("fails only the affected request on malformed exec streams", () =>

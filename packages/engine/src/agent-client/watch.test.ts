@@ -14,6 +14,7 @@ import { createAgent, type Agent, type AgentSession } from "@codecourier/agent";
 import { AgentPath, WATCH_CONTENT_TYPE, type WatchEvent } from "@codecourier/protocol";
 import { compileGuestHelper, guestHelper } from "../images/guest-helpers.js";
 import { AgentClient, AgentError, AgentProtocolError, parseWatchEvent } from "./index.js";
+import { serveFakeAgent } from "./testing/in-process-agent.js";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -302,19 +303,7 @@ describe("watch stream from a lying agent", () => {
       // Never ends: the host must give up on its own bounds, not on the end of the stream.
       stream.write(body);
     });
-    const server = createServer((socket) => {
-      socket.on("error", () => {});
-      http2.emit("connection", socket);
-    });
-    await listen(server, socketPath);
-    const client = await AgentClient.connect(socketPath);
-    try {
-      await check(client);
-    } finally {
-      await client.close();
-      await new Promise((resolve) => server.close(resolve));
-      await rm(dir, { recursive: true, force: true });
-    }
+    await serveFakeAgent(dir, socketPath, http2, check);
   }
 
   const firstFailure = (stream: Readable) =>

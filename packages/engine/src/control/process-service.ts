@@ -8,6 +8,7 @@ import { PassThrough, type Readable } from "node:stream";
 import type { z } from "zod";
 import { AgentError } from "../agent-client/errors.js";
 import { ApiError, notFound } from "../server/api-error.js";
+import type { RunningSandbox } from "../sandboxes/sandbox-engine.js";
 import type { Tenant } from "./control-store.js";
 import { ProcessTable, ServerProcess } from "./processes.js";
 import type { SandboxService } from "./sandbox-service.js";
@@ -47,7 +48,7 @@ export class ProcessService {
   }
 
   async get(tenant: Tenant, sandboxId: string, pid: string): Promise<ApiProcessInfo> {
-    return (await this.#process(tenant, sandboxId, pid)).info();
+    return (await this.#process(tenant, sandboxId, pid)).process.info();
   }
 
   /** The processes this server knows in the sandbox and the background commands its agent reports. */
@@ -72,24 +73,23 @@ export class ProcessService {
 
   /** NDJSON output events from sequence number `from`; with `follow`, until the process exits. */
   async output(tenant: Tenant, sandboxId: string, pid: string, from: number, follow: boolean): Promise<Readable> {
-    return (await this.#process(tenant, sandboxId, pid)).feed(from, follow);
+    return (await this.#process(tenant, sandboxId, pid)).process.feed(from, follow);
   }
 
   async writeStdin(tenant: Tenant, sandboxId: string, pid: string, body: Readable): Promise<void> {
-    const process = await this.#process(tenant, sandboxId, pid);
+    const { process } = await this.#process(tenant, sandboxId, pid);
     const data = await readBounded(body, MAX_STDIN_REQUEST_BYTES);
     if (!process.writeStdin(data)) throw stdinClosed(process);
   }
 
   async closeStdin(tenant: Tenant, sandboxId: string, pid: string): Promise<void> {
-    const process = await this.#process(tenant, sandboxId, pid);
+    const { process } = await this.#process(tenant, sandboxId, pid);
     if (!process.closeStdin() && process.running) throw stdinClosed(process);
   }
 
   async signal(tenant: Tenant, sandboxId: string, pid: string, body: unknown): Promise<ApiProcessInfo> {
     const { signal } = SignalRequestSchema.parse(body ?? {});
-    const running = await this.sandboxes.runningSandbox(tenant, sandboxId);
-    const process = await this.#attached(sandboxId, pid, running.agent);
+    const { running, process } = await this.#process(tenant, sandboxId, pid);
     // One that has already exited needs no signal; the answer says how it ended.
     if (process.running) await running.agent.signal(pid, signal);
     return process.info();
@@ -97,23 +97,19 @@ export class ProcessService {
 
   async resize(tenant: Tenant, sandboxId: string, pid: string, body: unknown): Promise<void> {
     const { rows, cols } = PtySizeSchema.parse(body);
-    const running = await this.sandboxes.runningSandbox(tenant, sandboxId);
-    const process = await this.#attached(sandboxId, pid, running.agent);
+    const { running, process } = await this.#process(tenant, sandboxId, pid);
     if (!process.running) throw new ApiError("conflict", `process ${pid} has exited`);
     await running.agent.resize(pid, rows, cols);
   }
 
-  async #process(tenant: Tenant, sandboxId: string, pid: string): Promise<ServerProcess> {
+  /** The tenant's running sandbox and one of its processes, with its output being read (re-attached if need be). */
+  async #process(tenant: Tenant, sandboxId: string, pid: string): Promise<{ running: RunningSandbox; process: ServerProcess }> {
     const running = await this.sandboxes.runningSandbox(tenant, sandboxId);
-    return this.#attached(sandboxId, pid, running.agent);
-  }
-
-  async #attached(sandboxId: string, pid: string, agent: Parameters<ProcessTable["attach"]>[2]): Promise<ServerProcess> {
     if (!/^[A-Za-z0-9-]{1,64}$/.test(pid)) throw notFound(`no process ${pid}`);
     try {
-      const process = await this.#table.attach(sandboxId, pid, agent);
+      const process = await this.#table.attach(sandboxId, pid, running.agent);
       if (process === undefined) throw notFound(`no process ${pid} in sandbox ${sandboxId}`);
-      return process;
+      return { running, process };
     } catch (error) {
       if (error instanceof AgentError && error.code === "not_found") throw notFound(`no process ${pid} in sandbox ${sandboxId}`);
       throw error;

@@ -100,7 +100,7 @@ export class ServerProcess {
     return true;
   }
 
-  /** The kept chunk with this sequence number or the next kept one; undefined when none is kept yet. */
+  /** The kept chunk with this sequence number, or the oldest kept one if it is older; undefined when none is kept yet. */
   chunkFrom(seq: number): OutputChunk | undefined {
     const first = this.#chunks[0];
     if (first === undefined) return undefined;
@@ -175,7 +175,7 @@ class OutputFeed extends Readable {
     this.#unsubscribe();
     for (;;) {
       const chunk = this.process.chunkFrom(this.#cursor);
-      if (chunk !== undefined && chunk.seq >= this.#cursor) {
+      if (chunk !== undefined) {
         if (chunk.seq > this.#cursor) this.#send({ type: "truncated", seq: chunk.seq });
         this.#cursor = chunk.seq + 1;
         if (!this.#send({ type: chunk.type, seq: chunk.seq, data: chunk.data.toString("base64") })) return;

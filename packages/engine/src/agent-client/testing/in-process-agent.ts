@@ -1,8 +1,10 @@
 import { mkdtemp, rm } from "node:fs/promises";
+import type { Http2Server } from "node:http2";
 import { createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Agent, AgentSession } from "@codecourier/agent";
+import { AgentClient } from "../client.js";
 
 /** An agent served in this process on a Unix socket, the way QEMU exposes the guest's port to the host. */
 export interface InProcessAgent {
@@ -43,4 +45,31 @@ export async function serveAgentInProcess(agent: Agent, prefix = "cc-agent-test-
       await rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Serves a scripted HTTP/2 "agent" on a real Unix socket, runs `check` with a connected client, cleans up. */
+export async function serveFakeAgent(
+  dir: string,
+  socketPath: string,
+  http2: Http2Server,
+  check: (client: AgentClient) => Promise<void>,
+  onSocket: (socket: Socket) => void = () => {},
+): Promise<void> {
+  const server = createServer((socket) => {
+    onSocket(socket);
+    socket.on("error", () => {});
+    http2.emit("connection", socket);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(socketPath, resolve);
+  });
+  const client = await AgentClient.connect(socketPath);
+  try {
+    await check(client);
+  } finally {
+    await client.close();
+    await new Promise((resolve) => server.close(resolve));
+    await rm(dir, { recursive: true, force: true });
+  }
 }
