@@ -10,7 +10,7 @@ import { Duplex, Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { createAgent, type Agent, type AgentOptions } from "@codecourier/agent";
 import { compileGuestHelper, guestHelper } from "../images/guest-helpers.js";
-import { serveAgentInProcess, serveFakeAgent } from "./testing/in-process-agent.js";
+import { FAKE_AGENT_HEALTH, serveAgentInProcess, serveFakeAgent } from "./testing/in-process-agent.js";
 import { AgentPath, EXEC_ID_HEADER, OutputKind, encodeRecord } from "@codecourier/protocol";
 import {
   AgentClient,
@@ -496,7 +496,7 @@ async function withLyingAgent(check: (client: AgentClient) => Promise<void>) {
     const exitRecord = encodeRecord(OutputKind.exit, Buffer.from(JSON.stringify({ exitCode: 0, signal: null, timedOut: false })));
     const spec = JSON.parse(Buffer.from(String(headers["cc-exec-spec"] ?? "e30"), "base64url").toString()) as { shell?: string };
     if (path === AgentPath.health) {
-      return json({ ok: true, protocol: 1, agentVersion: "x", bootId: "b", sessionId: "s", kernel: "k", uptimeMs: 1, runningCommands: 0, timeline: { processStartMs: 0, servingMs: 0 } });
+      return json(FAKE_AGENT_HEALTH);
     }
     if (path.includes("huge-header")) {
       stream.respond({ ":status": 200, "x-filler": "x".repeat(100_000) });
@@ -568,8 +568,7 @@ async function withHangingUpAgent(check: (client: AgentClient) => Promise<void>)
     stream.on("error", () => {});
     if (headers[":path"] === AgentPath.health) {
       stream.respond({ ":status": 200, "content-type": "application/json" });
-      const health = { ok: true, protocol: 1, agentVersion: "x", bootId: "b", sessionId: "s", kernel: "k", uptimeMs: 1, runningCommands: 0 };
-      stream.end(JSON.stringify({ ...health, timeline: { processStartMs: 0, servingMs: 0 } }));
+      stream.end(JSON.stringify(FAKE_AGENT_HEALTH));
       return;
     }
     const isExec = String(headers[":path"]).startsWith(AgentPath.exec);

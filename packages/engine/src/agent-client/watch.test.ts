@@ -14,7 +14,7 @@ import { createAgent, type Agent, type AgentSession } from "@codecourier/agent";
 import { AgentPath, WATCH_CONTENT_TYPE, type WatchEvent } from "@codecourier/protocol";
 import { compileGuestHelper, guestHelper } from "../images/guest-helpers.js";
 import { AgentClient, AgentError, AgentProtocolError, parseWatchEvent } from "./index.js";
-import { serveFakeAgent } from "./testing/in-process-agent.js";
+import { FAKE_AGENT_HEALTH, serveFakeAgent } from "./testing/in-process-agent.js";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -295,8 +295,7 @@ describe("watch stream from a lying agent", () => {
       stream.on("error", () => {});
       if (headers[":path"] === AgentPath.health) {
         stream.respond({ ":status": 200, "content-type": "application/json" });
-        const health = { ok: true, protocol: 1, agentVersion: "x", bootId: "b", sessionId: "s", kernel: "k", uptimeMs: 1, runningCommands: 0 };
-        stream.end(JSON.stringify({ ...health, timeline: { processStartMs: 0, servingMs: 0 } }));
+        stream.end(JSON.stringify(FAKE_AGENT_HEALTH));
         return;
       }
       stream.respond({ ":status": 200, "content-type": WATCH_CONTENT_TYPE });

@@ -10,7 +10,7 @@ import { AgentError } from "../agent-client/errors.js";
 import { ApiError, notFound } from "../server/api-error.js";
 import type { RunningSandbox } from "../sandboxes/sandbox-engine.js";
 import type { Tenant } from "./control-store.js";
-import { ProcessTable, ServerProcess } from "./processes.js";
+import { ProcessTable, ServerProcess, processInfo } from "./processes.js";
 import type { SandboxService } from "./sandbox-service.js";
 
 /** Most bytes one stdin request may carry: stdin is interactive input, bulk data goes through the files API. */
@@ -57,16 +57,9 @@ export class ProcessService {
     const known = new Map(this.#table.list(sandboxId).map((process) => [process.pid, process.info()]));
     for (const command of await running.agent.listCommands()) {
       if (known.has(command.id)) continue;
-      known.set(command.id, {
-        pid: command.id,
-        command: null,
-        running: command.running,
-        exitCode: command.exit?.exitCode ?? null,
-        signal: command.exit?.signal ?? null,
-        timedOut: command.exit?.timedOut ?? false,
-        pty: false,
-        startedAt: new Date(command.startedAtMs).toISOString(),
-      });
+      // Started elsewhere (an earlier server, the fork's source): the agent does not say what it runs.
+      const startedAt = new Date(command.startedAtMs);
+      known.set(command.id, processInfo({ pid: command.id, command: null, pty: false, startedAt, running: command.running, exit: command.exit }));
     }
     return [...known.values()].sort((a, b) => a.startedAt.localeCompare(b.startedAt));
   }

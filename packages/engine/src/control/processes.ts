@@ -60,16 +60,7 @@ export class ServerProcess {
   }
 
   info(): ApiProcessInfo {
-    return {
-      pid: this.pid,
-      command: this.command,
-      running: this.running,
-      exitCode: this.#exit?.exitCode ?? null,
-      signal: this.#exit?.signal ?? null,
-      timedOut: this.#exit?.timedOut ?? false,
-      pty: this.pty,
-      startedAt: this.startedAt.toISOString(),
-    };
+    return processInfo({ pid: this.pid, command: this.command, pty: this.pty, startedAt: this.startedAt, running: this.running, exit: this.#exit });
   }
 
   /** Starts reading a command's output (and takes its stdin, if it is still open). */
@@ -151,6 +142,27 @@ export class ServerProcess {
     this.#waiters.clear();
     for (const wake of waiters) wake();
   }
+}
+
+/** The API's view of a process, from what the server or the agent knows of it. */
+export function processInfo(known: {
+  pid: string;
+  command: string | null;
+  pty: boolean;
+  startedAt: Date;
+  running: boolean;
+  exit: ExecExit | undefined;
+}): ApiProcessInfo {
+  return {
+    pid: known.pid,
+    command: known.command,
+    running: known.running,
+    exitCode: known.exit?.exitCode ?? null,
+    signal: known.exit?.signal ?? null,
+    timedOut: known.exit?.timedOut ?? false,
+    pty: known.pty,
+    startedAt: known.startedAt.toISOString(),
+  };
 }
 
 /**

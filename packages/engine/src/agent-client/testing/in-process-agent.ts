@@ -4,6 +4,7 @@ import { createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Agent, AgentSession } from "@codecourier/agent";
+import type { AgentHealth } from "@codecourier/protocol";
 import { AgentClient } from "../client.js";
 
 /** An agent served in this process on a Unix socket, the way QEMU exposes the guest's port to the host. */
@@ -73,3 +74,16 @@ export async function serveFakeAgent(
     await rm(dir, { recursive: true, force: true });
   }
 }
+
+/** A valid health answer, for scripted fake agents (the client checks health when it connects). */
+export const FAKE_AGENT_HEALTH: AgentHealth = {
+  ok: true,
+  protocol: 1,
+  agentVersion: "x",
+  bootId: "b",
+  sessionId: "s",
+  kernel: "k",
+  uptimeMs: 1,
+  runningCommands: 0,
+  timeline: { processStartMs: 0, servingMs: 0 },
+};
