@@ -7,6 +7,9 @@
 export const SYSTEM_DISK_LABEL = "cc-system";
 export const ROOT_DISK_LABEL = "cc-root";
 
+/** The guest's network configuration, the same in every sandbox (see the engine's network/netns.ts). */
+export const GUEST_NETWORK = { address: "10.0.2.15", prefixLength: 24, gateway: "10.0.2.2" } as const;
+
 /** Where the system disk is mounted inside the guest's root filesystem. */
 export const SYSTEM_MOUNT = "/.codecourier";
 /** The system disk's static busybox: present in every guest, whatever its root filesystem holds. */
@@ -52,6 +55,10 @@ $B mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 $B mount -t tmpfs -o mode=755 tmpfs /run
 $B hostname sandbox
 $B ip link set lo up 2>/dev/null
+# The network every sandbox sees: the same address in every clone; the host side makes each one unique
+# (src/network/netns.ts). Without a network backend the device is there but nothing answers.
+$B ip link set eth0 up 2>/dev/null && $B ip addr add ${GUEST_NETWORK.address}/${GUEST_NETWORK.prefixLength} dev eth0 && $B ip route add default via ${GUEST_NETWORK.gateway}
+$B rm -f /etc/resolv.conf && echo "nameserver ${GUEST_NETWORK.gateway}" > /etc/resolv.conf
 (while :; do
   ${agentCommand}
   echo "cc-init: agent exited with $?, restarting"

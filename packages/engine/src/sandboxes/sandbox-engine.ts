@@ -44,6 +44,20 @@ export interface SandboxEngineOptions {
    * no request for this long has its vCPUs stopped until the next request. Default 3000 ms; 0 disables.
    */
   idleSleepAfterMs?: number;
+  /** Gives every sandbox its own network (network/network-service.ts); without it sandboxes have none. */
+  network?: SandboxNetworkHooks;
+}
+
+/** The host network as the engine uses it: made before a sandbox's QEMU starts, removed after it exits. */
+export interface SandboxNetworkHooks {
+  /** Makes the sandbox's network namespace and tap; what QEMU needs to use them. */
+  attach(sandboxId: string): Promise<{ netns: string; tap: string }>;
+  /** The network of a sandbox still running from before an engine restart, if it is still there. */
+  adopt(sandboxId: string): Promise<{ netns: string; tap: string } | undefined>;
+  /** Removes the sandbox's network namespace (idempotent). Its policy stays until the sandbox ends for good. */
+  detach(sandboxId: string): Promise<void>;
+  /** Removes every network namespace of this engine whose sandbox is not in `live`. */
+  sweep(live: ReadonlySet<string>): Promise<void>;
 }
 
 export interface TemplateDefinition {
@@ -437,17 +451,27 @@ export class SandboxEngine {
     const layer = await this.#layers.createOver({ layerId: snapshot.layer_id });
     this.db.updateSandbox(row.id, { layer_id: layer.id });
     const files = this.snapshotFiles(snapshot.id);
-    const vm = await Vm.restore({
-      image: this.image,
-      accel: this.accel,
-      memoryMiB: snapshot.memory_mib,
-      cpus: snapshot.cpus,
-      memoryFile: files.memory,
-      deviceStateFile: files.deviceState,
-      rootDisk: this.#layers.path(layer.id),
-      tcgCpuModel: this.options.tcgCpuModel,
-      niceness,
-    });
+    const networking = this.options.network;
+    const network = await networking?.attach(row.id);
+    let vm: Vm;
+    try {
+      vm = await Vm.restore({
+        image: this.image,
+        accel: this.accel,
+        memoryMiB: snapshot.memory_mib,
+        cpus: snapshot.cpus,
+        memoryFile: files.memory,
+        deviceStateFile: files.deviceState,
+        rootDisk: this.#layers.path(layer.id),
+        tcgCpuModel: this.options.tcgCpuModel,
+        niceness,
+        network,
+      });
+    } catch (error) {
+      await networking?.detach(row.id).catch(() => {});
+      throw error;
+    }
+    if (networking) vm.afterExit = () => networking.detach(row.id);
     try {
       this.db.updateSandbox(row.id, { run_dir: vm.runDir, pid: vm.pid ?? null });
       this.#refreshIdentity(vm, row);
@@ -737,6 +761,12 @@ export class SandboxEngine {
             cpus: row.cpus,
             rootDisk: this.#layers.path(row.layer_id),
           });
+          const networking = this.options.network;
+          if (networking) {
+            // A sandbox whose network is gone cannot reach anything any more; it goes on without one.
+            if (!(await networking.adopt(row.id))) process.emitWarning(`sandbox ${row.id}: its network namespace is gone`);
+            vm.afterExit = () => networking.detach(row.id);
+          }
           this.#track(row.id, vm);
           this.#refreshIdentity(vm, row); // its clock may have stood still (stopped while idle)
           adopted.add(qemu.pid);
@@ -759,6 +789,7 @@ export class SandboxEngine {
     for (let i = 0; i < 200 && findEngineQemus(runRoot).some((q) => !adopted.has(q.pid)); i++) await new Promise((r) => setTimeout(r, 10));
     for (const row of this.db.snapshots(["saving"])) await this.#forgetSnapshot(row.id);
     await this.#collectGarbage();
+    await this.options.network?.sweep(new Set([...this.#running.keys()]));
     // After the kills above: the cgroups of QEMUs a crashed engine left are empty now; adopted VMs keep theirs.
     removeStaleVmCgroups();
   }

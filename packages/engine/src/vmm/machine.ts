@@ -24,6 +24,11 @@ export interface MachineSpec {
    * instead of booting the kernel.
    */
   incoming?: boolean;
+  /**
+   * Backend of the network device: a tap device (in the network namespace QEMU is started in), or none (a hub with
+   * no other port: frames go nowhere). The device itself is the same either way, so a snapshot restores with either.
+   */
+  networkTap?: string;
   /** CPU model under TCG (default {@link TCG_CPU_MODEL}); part of the layout a snapshot must match. */
   tcgCpuModel?: string;
   /**
@@ -64,6 +69,8 @@ export function kernelCommandLine(accel: Accelerator, extra: readonly string[] =
     "8250.nr_uarts=1",
     "random.trust_cpu=on",
     "nokaslr",
+    // Sandboxes have no IPv6: without the stack a guest cannot even try it (the host drops its frames too).
+    "ipv6.disable=1",
   ];
   if (accel === "tcg") {
     const khz = hostTscKhz();
@@ -148,10 +155,14 @@ export function qemuArgs(spec: MachineSpec): string[] {
   }
   args.push("-object", "rng-random,id=rng,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng");
   if (spec.agentSocket) {
-    // A network device is part of every sandbox's layout from the start, so a restored clone can later be wired to
-    // its own network without changing the device layout its snapshot was taken with. Until then its backend is a
-    // hub with no other port: frames go nowhere (default deny).
-    args.push("-netdev", "hubport,id=net0,hubid=0", "-device", "virtio-net-device,netdev=net0,mac=02:cc:00:00:00:02");
+    // A network device is part of every sandbox's layout from the start, so a clone of a template (booted without a
+    // network) is wired to its own namespace's tap without changing the device layout its snapshot was taken with.
+    // vnet_hdr=off: the device then offers the guest the same features as with the hub backend, which a restored
+    // device state must match.
+    const backend = spec.networkTap
+      ? `tap,id=net0,ifname=${spec.networkTap},script=no,downscript=no,vnet_hdr=off`
+      : "hubport,id=net0,hubid=0";
+    args.push("-netdev", backend, "-device", "virtio-net-device,netdev=net0,mac=02:cc:00:00:00:02");
   }
   if (spec.incoming) args.push("-incoming", "defer");
   return args;

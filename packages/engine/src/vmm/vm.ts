@@ -39,6 +39,11 @@ export interface VmOptions {
   tcgCpuModel?: string;
   /** Scheduling niceness of the QEMU process (e.g. for clones prepared in the background); default 0. */
   niceness?: number;
+  /**
+   * The network namespace to run QEMU in and the tap device there that backs the guest's network device; without
+   * it the device has no backend (no network).
+   */
+  network?: { netns: string; tap: string };
 }
 
 /** What a restore needs: the saved device state and the RAM and disk it was saved with. */
@@ -55,6 +60,18 @@ export interface RestoreOptions extends Omit<VmOptions, "memory" | "rootDisk"> {
 }
 
 export type VmState = "booting" | "running" | "stopped" | "crashed";
+
+/**
+ * QEMU's command line with its wrappers, each of which execs the next (the spawned pid is QEMU's): nsenter(1) to
+ * start it in the sandbox's network namespace, where it opens its tap device; nice(1) so that every QEMU thread
+ * (vCPUs included) starts at that priority.
+ */
+function qemuCommand(args: string[], options: VmOptions): [string, string[]] {
+  let argv = [QEMU_BINARY, ...args];
+  if (options.niceness) argv = ["nice", "-n", String(options.niceness), ...argv];
+  if (options.network) argv = ["nsenter", `--net=/run/netns/${options.network.netns}`, "--", ...argv];
+  return [argv[0]!, argv.slice(1)];
+}
 
 /** Longest Unix socket path the kernel accepts (sun_path) minus the terminating NUL. */
 const MAX_SOCKET_PATH = 107;
@@ -128,6 +145,12 @@ export class Vm extends EventEmitter {
    * setting the guest clock, which stood still) reaches the guest first.
    */
   onWake: (() => void) | undefined;
+
+  /**
+   * Runs once QEMU has exited, whichever way (stop, kill, crash), before stop()/kill() resolve or "crashed" is
+   * emitted: what the VM's owner made for it (its network) goes with it. Failures are reported, not thrown.
+   */
+  afterExit: (() => Promise<void>) | undefined;
 
   private constructor(
     readonly id: string,
@@ -302,6 +325,7 @@ export class Vm extends EventEmitter {
       memory: options.memory,
       incoming: mode.incoming,
       tcgCpuModel: options.tcgCpuModel,
+      networkTap: options.network?.tap,
     });
     // Made before the spawn, joined right after it (below); see ADR 0008 for why no wrapper joins it before exec.
     const cgroup = createVmCgroup(id, vmResourceLimits({ cpus, memoryMiB, accel }));
@@ -311,8 +335,7 @@ export class Vm extends EventEmitter {
     let child: ChildProcess;
     try {
       if (mode.stateFile !== undefined) stateFd = openSync(mode.stateFile, "r");
-      // Through nice(1) so that every QEMU thread (vCPUs included) starts at that priority.
-      const [command, commandArgs] = options.niceness ? ["nice", ["-n", String(options.niceness), QEMU_BINARY, ...args]] : [QEMU_BINARY, args];
+      const [command, commandArgs] = qemuCommand(args, options);
       child = spawn(command, commandArgs, { stdio: ["ignore", "ignore", "pipe", stateFd ?? "ignore"], cwd: runDir });
       // In the same tick as the spawn: QEMU has just been exec'd and is still being loaded, long before it maps
       // guest RAM or runs a vCPU. A restoring QEMU does nothing at all until told to load the device state.
@@ -516,6 +539,7 @@ export class Vm extends EventEmitter {
     // Also when it looks dead already: kill() is a no-op then, and an adopted QEMU's exit is only seen while waited for.
     this.process.kill();
     await this.#exit;
+    await this.afterExit?.().catch((error: unknown) => process.emitWarning(`VM ${this.id}: clean-up after exit failed: ${String(error)}`));
     await this.#cgroup?.remove();
     untrackVm(this.id);
     await this.#agent?.close().catch(() => {});
