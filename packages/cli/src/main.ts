@@ -9,6 +9,7 @@ import { registerLogsCommand } from "./commands/logs.js";
 import { registerCopyCommand } from "./commands/cp.js";
 import { registerServerCommand } from "./commands/server.js";
 import { registerSnapshotCommands } from "./commands/snapshots.js";
+import { registerNetworkCommands } from "./commands/network.js";
 import { fail } from "./progress.js";
 
 const program = new Command()
@@ -31,6 +32,7 @@ registerShellCommand(program);
 registerLogsCommand(program);
 registerCopyCommand(program);
 registerSnapshotCommands(program);
+registerNetworkCommands(program);
 registerVmCommands(program);
 registerInfoCommand(program);
 registerKeysCommands(program);

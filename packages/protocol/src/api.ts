@@ -3,6 +3,7 @@
  * server validates with them and publishes them in /openapi.json; the SDK uses the inferred types.
  */
 import { z } from "zod";
+import { NetworkPolicySchema } from "./network.js";
 
 /** Bounds that the API enforces on any request, whatever a tenant's own limits say. */
 export const API_LIMITS = {
@@ -47,6 +48,8 @@ export const CreateSandboxRequestSchema = z
     timeoutMs: z.number().int().min(1000).max(API_LIMITS.maxTimeoutMs).optional(),
     onTimeout: z.enum(["kill", "pause"]).default("kill"),
     region: z.string().min(1).max(64).optional(),
+    /** The sandbox's network policy; default its template's (for `base`: nothing allowed). */
+    network: NetworkPolicySchema.optional(),
   })
   .strict();
 export type CreateSandboxRequest = z.input<typeof CreateSandboxRequestSchema>;

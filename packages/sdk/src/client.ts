@@ -61,7 +61,7 @@ export class ApiClient {
   }
 
   /** The parsed JSON answer, or undefined for 204; an error answer becomes its typed CodeCourierError. */
-  async request<T>(method: "GET" | "POST" | "DELETE", path: string, request: ApiRequest = {}): Promise<T> {
+  async request<T>(method: "GET" | "PUT" | "POST" | "DELETE", path: string, request: ApiRequest = {}): Promise<T> {
     const query = request.query?.toString();
     const url = `${this.url}${path}${query ? `?${query}` : ""}`;
     const headers: Record<string, string> = { authorization: `Bearer ${this.#apiKey}`, accept: "application/json" };

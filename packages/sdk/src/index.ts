@@ -34,7 +34,7 @@ export {
   type SandboxList,
   type SandboxState,
 } from "./sandbox.js";
-export { SandboxNetwork } from "./network.js";
+export { SandboxNetwork, type ExposedPort, type NetworkEvent, type NetworkEventsOptions, type NetworkPolicy, type NetworkPolicyInput, type NetworkState, type Tunnel } from "./network.js";
 export {
   CommandProcess,
   PtyProcess,

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, beforeEach, describe, it } from "node:test";
-import { AuthError, CodeCourierError, CommandExitError, NotFoundError, NotSupportedError, SandboxGoneError, TimeoutError } from "./errors.js";
+import { AuthError, CodeCourierError, CommandExitError, NotFoundError, SandboxGoneError, TimeoutError } from "./errors.js";
 import { Sandbox, createSandbox, listSandboxes, listSandboxesQuery } from "./sandbox.js";
 import { deleteSnapshot, listSnapshots } from "./snapshots.js";
 
@@ -162,8 +162,12 @@ describe("Sandbox over HTTP (stub server)", () => {
     }
     assert.deepEqual(seen.map((s) => `${s.method} ${s.url}`), ["POST /v1/sandboxes", "DELETE /v1/sandboxes/sb_4", "POST /v1/sandboxes", "DELETE /v1/sandboxes/sb_5"]);
 
-    await assert.rejects(sandbox.network.allow("example.com"), NotSupportedError);
-    await assert.rejects(sandbox.network.expose(8080), /network policy arrives with the network issue/);
+    seen = [];
+    const policy = { internet: false, allow: ["example.com"], deny: [] };
+    answers.push([200, policy], [200, { port: 8080, public: false, url: "http://127.0.0.1:41000/", token: "t" }]);
+    assert.deepEqual(await sandbox.network.allow("example.com"), policy);
+    assert.equal((await sandbox.network.expose(8080)).token, "t");
+    assert.deepEqual(seen.map((s) => `${s.method} ${s.url}`), ["POST /v1/sandboxes/sb_1/network/policy", "POST /v1/sandboxes/sb_1/network/exposed"]);
   });
 
   it("lists sandboxes and snapshots and deletes snapshots", async () => {

@@ -85,7 +85,7 @@ export class Sandbox {
   ) {
     this.#client = client;
     this.#path = `/v1/sandboxes/${encodeURIComponent(sandboxId)}`;
-    this.network = new SandboxNetwork(sandboxId);
+    this.network = new SandboxNetwork(client, this.#path);
     this.files = new SandboxFiles(client, this.#path);
     this.git = new SandboxGit((argv, options) => this.runCommand(argv, options));
     this.processes = new SandboxProcesses(client, this.#path);

@@ -14,6 +14,9 @@ interface CreateFlags extends ConnectionFlags {
   timeout?: number;
   onTimeout?: "kill" | "pause";
   json?: boolean;
+  allow?: string[];
+  deny?: string[];
+  internet?: boolean;
 }
 
 interface ListFlags extends ConnectionFlags {
@@ -36,8 +39,13 @@ export function registerSandboxCommands(program: Command): void {
     .option("--metadata <KEY=VALUE...>", "metadata, to find the sandbox by (`ls --metadata`)", collectKeyValues("metadata"))
     .option("--timeout <ms>", "end (or pause, see --on-timeout) the sandbox this long after creation", parsePositiveInt("timeout"))
     .addOption(new Option("--on-timeout <action>", "what the timeout does (default: kill)").choices(["kill", "pause"]))
+    .option("--allow <entry...>", "network allow entries (domain, *.domain, CIDR or *, optional :port); default: the template's policy")
+    .option("--deny <entry...>", "network deny entries (they win over allow)")
+    .option("--internet", "allow every public address")
     .option("--json", "print the sandbox as JSON instead of its id")
     .action(async (flags: CreateFlags) => {
+      const network =
+        flags.allow || flags.deny || flags.internet ? { internet: flags.internet ?? false, allow: flags.allow ?? [], deny: flags.deny ?? [] } : undefined;
       const sandbox = await withProgress(`creating a sandbox from template ${flags.template ?? "base"}`, () =>
         createSandbox({
           ...connection(flags),
@@ -48,6 +56,7 @@ export function registerSandboxCommands(program: Command): void {
           metadata: flags.metadata,
           timeoutMs: flags.timeout,
           onTimeout: flags.onTimeout,
+          network,
         }),
       );
       if (flags.json) printJson(await sandbox.info());

@@ -59,6 +59,11 @@ export interface ControlTables {
     sandbox_id: string;
     created_at: number;
   };
+  /** A sandbox's network: policy, tunnels, exposed ports (JSON, see network/network-service.ts). */
+  sandbox_networks: {
+    sandbox_id: string;
+    config: string;
+  };
 }
 
 export type SandboxOwnerRow = ControlTables["sandbox_owners"];
@@ -193,6 +198,12 @@ export class ControlStore {
       .addColumn("sandbox_id", "text", (c) => c.notNull())
       .addColumn("created_at", "bigint", (c) => c.notNull())
       .execute();
+    await schema
+      .createTable("sandbox_networks")
+      .ifNotExists()
+      .addColumn("sandbox_id", "text", (c) => c.primaryKey())
+      .addColumn("config", "text", (c) => c.notNull())
+      .execute();
   }
 
   async tenantByName(name: string): Promise<Tenant | undefined> {
@@ -290,6 +301,25 @@ export class ControlStore {
       );
     }
     return query.orderBy("created_at", "desc").orderBy("sandbox_id", "desc").execute();
+  }
+
+  // ——— sandbox networks ———
+
+  async saveNetworkConfig(sandboxId: string, config: string): Promise<void> {
+    await this.db
+      .insertInto("sandbox_networks")
+      .values({ sandbox_id: sandboxId, config })
+      .onConflict((oc) => oc.column("sandbox_id").doUpdateSet({ config }))
+      .execute();
+  }
+
+  async networkConfigs(): Promise<Array<{ sandboxId: string; config: string }>> {
+    const rows = await this.db.selectFrom("sandbox_networks").selectAll().execute();
+    return rows.map((row) => ({ sandboxId: row.sandbox_id, config: row.config }));
+  }
+
+  async removeNetworkConfig(sandboxId: string): Promise<void> {
+    await this.db.deleteFrom("sandbox_networks").where("sandbox_id", "=", sandboxId).execute();
   }
 
   async setSandboxTimeout(sandboxId: string, timeoutAt: number | null): Promise<void> {

@@ -15,12 +15,15 @@ import { ApiError, notFound } from "../server/api-error.js";
 import type { ControlStore, SandboxOwnerRow, Tenant } from "./control-store.js";
 import { spawnErrorLine } from "./processes.js";
 import { TemplateCatalog } from "./template-catalog.js";
+import type { NetworkService } from "../network/network-service.js";
 
 export interface SandboxServiceOptions {
   /** The region this host serves; a create naming another is refused. */
   region: string;
   /** How often timed-out sandboxes are looked for. Default 1000 ms. */
   timeoutSweepMs?: number;
+  /** Sandbox networking; without it sandboxes have no network and the network routes answer 503. */
+  network?: NetworkService;
 }
 
 /** Where commands run and relative file paths point unless told otherwise: root's home in the base image. */
@@ -100,10 +103,12 @@ export class SandboxService {
       on_timeout: request.onTimeout,
     };
     try {
+      await this.options.network?.configure(sandbox.id, request.network ?? TemplateCatalog.networkPolicy(name));
       await this.store.recordSandbox(row);
     } catch (error) {
       // Nothing half-created: a sandbox nobody owns would run forever.
       await this.engine.kill(sandbox.id).catch(() => {});
+      await this.options.network?.forget(sandbox.id).catch(() => {});
       throw error;
     }
     return this.#toApi(row);
@@ -149,6 +154,7 @@ export class SandboxService {
     await this.#owned(tenant, sandboxId);
     if (!this.#isLive(sandboxId)) return;
     await this.engine.kill(sandboxId);
+    await this.options.network?.forget(sandboxId);
     await this.store.setSandboxTimeout(sandboxId, null);
   }
 
@@ -188,6 +194,11 @@ export class SandboxService {
       timeoutMs: request.timeoutMs,
     };
     return { running, spec };
+  }
+
+  /** The tenant's sandbox that has not ended (running or paused): what network settings apply to. */
+  async liveSandbox(tenant: Tenant, sandboxId: string): Promise<void> {
+    this.#requireLive(await this.#owned(tenant, sandboxId));
   }
 
   /** Whether the sandbox is running or paused (not ended). */
@@ -240,7 +251,11 @@ export class SandboxService {
     const forks = await this.engine.fork(snapshotId, count);
     const now = Date.now();
     const rows = forks.map((sandbox): SandboxOwnerRow => ({ ...template, sandbox_id: sandbox.id, created_at: now, timeout_at: null, on_timeout: "kill" }));
-    for (const row of rows) await this.store.recordSandbox(row);
+    for (const row of rows) {
+      // A fork has its source's policy and tunnels (not its exposed ports: those are the source's URLs).
+      await this.options.network?.copyConfiguration(template.sandbox_id, row.sandbox_id);
+      await this.store.recordSandbox(row);
+    }
     return rows.map((row) => this.#toApi(row));
   }
 
@@ -267,7 +282,10 @@ export class SandboxService {
         const state = this.#state(row.sandbox_id);
         try {
           if (state === "running" && row.on_timeout === "pause") await this.engine.pause(row.sandbox_id);
-          else if (state === "running" || (state === "paused" && row.on_timeout === "kill")) await this.engine.kill(row.sandbox_id);
+          else if (state === "running" || (state === "paused" && row.on_timeout === "kill")) {
+            await this.engine.kill(row.sandbox_id);
+            await this.options.network?.forget(row.sandbox_id);
+          }
         } catch (error) {
           if (!(error instanceof SandboxNotFoundError)) process.emitWarning(`timeout of sandbox ${row.sandbox_id}: ${String(error)}`);
         }

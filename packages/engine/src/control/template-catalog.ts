@@ -1,3 +1,4 @@
+import type { NetworkPolicy } from "@codecourier/protocol/network";
 import type { SandboxEngine } from "../sandboxes/sandbox-engine.js";
 import { ApiError } from "../server/api-error.js";
 import type { ControlStore } from "./control-store.js";
@@ -12,7 +13,17 @@ import type { ControlStore } from "./control-store.js";
 export class TemplateCatalog {
   readonly #making = new Map<string, Promise<string>>();
 
-  static readonly KNOWN: Readonly<Record<string, { versions: number[] }>> = { base: { versions: [1] } };
+  /** Each template's versions and the network policy its sandboxes get unless they are created with their own. */
+  static readonly KNOWN: Readonly<Record<string, { versions: number[]; network: NetworkPolicy }>> = {
+    base: { versions: [1], network: { internet: false, allow: [], deny: [] } },
+  };
+
+  /** The default network policy of a template (name as resolved by resolveName). */
+  static networkPolicy(name: string): NetworkPolicy {
+    const known = TemplateCatalog.KNOWN[name];
+    if (!known) throw new ApiError("not_found", `no template named ${JSON.stringify(name)}`);
+    return known.network;
+  }
 
   constructor(
     private readonly engine: SandboxEngine,

@@ -137,6 +137,7 @@ table ip ${this.#table} {
   }
   chain input {
     type filter hook input priority filter; policy accept;
+    iifname "${sandboxes}" ct state established,related accept
     iifname "${sandboxes}" ip daddr 127.0.0.1 tcp dport ${proxyPort} accept
     iifname "${sandboxes}" ip daddr 127.0.0.1 udp dport ${dnsPort} accept
     iifname "${sandboxes}" drop

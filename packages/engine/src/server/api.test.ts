@@ -180,7 +180,7 @@ describe("control-plane API (real server, real VMs)", () => {
       const listed = await sdk.listSandboxes({ metadata: { via: "sdk" } }, connection);
       assert.deepEqual(listed.sandboxes.map((s) => s.sandboxId), [sandbox.sandboxId]);
       await assert.rejects(sdk.Sandbox.connect(sandbox.sandboxId, { url: base, apiKey: keyB }), sdk.NotFoundError);
-      await assert.rejects(sandbox.network.allow("example.com"), sdk.NotSupportedError);
+      assert.deepEqual((await sandbox.network.allow("example.com")).allow, ["example.com"]);
     } // `await using` killed it
     assert.deepEqual((await sdk.listSandboxes({ metadata: { via: "sdk" } }, connection)).sandboxes, []);
     await assert.rejects(sdk.createSandbox({ ...connection, template: "nope" }), sdk.NotFoundError);

@@ -14,6 +14,8 @@ import { processRoutes } from "./routes/processes.js";
 import { ProcessService } from "../control/process-service.js";
 import { sandboxRoutes } from "./routes/sandboxes.js";
 import { watchRoutes } from "./routes/watch.js";
+import { networkRoutes } from "./routes/network.js";
+import type { NetworkService } from "../network/network-service.js";
 
 export interface AppContext {
   accel: AcceleratorChoice;
@@ -22,6 +24,10 @@ export interface AppContext {
   /** Absent: only /health and /openapi.json are served (the server is still starting its engine). */
   store?: ControlStore;
   sandboxes?: SandboxService;
+  /** Sandbox networking; absent when the host cannot offer it (the network routes then answer 503). */
+  network?: NetworkService;
+  /** Why there is no networking, for /health. */
+  networkUnavailable?: string;
   /** Where unexpected errors are reported (never to the client). */
   logError?: (message: string) => void;
 }
@@ -36,7 +42,7 @@ export const API_BODY_LIMIT_BYTES = 20 * 1024 * 1024;
 export function buildApp(context: AppContext): FastifyInstance {
   const app = Fastify({ logger: false, bodyLimit: API_BODY_LIMIT_BYTES });
   const routes = context.sandboxes
-    ? [...sandboxRoutes(context.sandboxes), ...fileRoutes(context.sandboxes), ...watchRoutes(context.sandboxes), ...processRoutes(new ProcessService(context.sandboxes))]
+    ? [...sandboxRoutes(context.sandboxes), ...fileRoutes(context.sandboxes), ...watchRoutes(context.sandboxes), ...processRoutes(new ProcessService(context.sandboxes)), ...networkRoutes(context.sandboxes, context.network)]
     : [];
   // File content arrives as a raw stream: no body limit, no buffering (a 1 GiB write streams into the guest).
   app.addContentTypeParser("application/octet-stream", (_request, payload, done) => done(null, payload));
@@ -57,6 +63,9 @@ export function buildApp(context: AppContext): FastifyInstance {
     accelReason: context.accel.reason,
     region: context.region,
     vmLimits: vmLimitsHealth(),
+    network: context.network
+      ? { available: true, pool: context.network.host.pool }
+      : { available: false, reason: context.networkUnavailable ?? "not configured" },
     image: { id: context.image.id, kernel: context.image.kernelVersion },
   }));
   const openApi = openApiDocument(routes);

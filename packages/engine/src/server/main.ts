@@ -7,6 +7,21 @@ import { SandboxEngine } from "../sandboxes/sandbox-engine.js";
 import { chooseAccelerator } from "../vmm/accel.js";
 import { hostCgroups } from "../vmm/cgroups/host-cgroups.js";
 import { buildApp } from "./app.js";
+import { NetworkService } from "../network/network-service.js";
+
+/**
+ * Sandbox networking needs root (namespaces, nftables). Without it the server still runs, with sandboxes that have
+ * no network at all, and says why; CODECOURIER_NETWORK=off chooses that on purpose.
+ */
+async function openNetwork(store: ControlStore): Promise<{ network?: NetworkService; networkUnavailable?: string }> {
+  if (process.env.CODECOURIER_NETWORK === "off") return { networkUnavailable: "turned off (CODECOURIER_NETWORK=off)" };
+  if (process.getuid?.() !== 0) return { networkUnavailable: "the server is not running as root (namespaces and nftables need it)" };
+  try {
+    return { network: await NetworkService.open({ dataDir: dataDir(), store }) };
+  } catch (error) {
+    return { networkUnavailable: `setting it up failed: ${error instanceof Error ? error.message : String(error)}` };
+  }
+}
 
 const log = (line: string) => process.stderr.write(`${line}\n`);
 const region = process.env.CODECOURIER_REGION ?? "local";
@@ -16,13 +31,16 @@ if (!Number.isInteger(poolSize) || poolSize < 0 || poolSize > 64) throw new Erro
 const image = await ensureGuestImage((line) => log(`images: ${line}`));
 const accel = await chooseAccelerator(image);
 const store = await ControlStore.openSqlite(controlDatabasePath());
-const engine = await SandboxEngine.open({ image, accel: accel.accel, poolSize });
-const sandboxes = new SandboxService(engine, store, { region });
-const app = buildApp({ accel, image, region, store, sandboxes, logError: log });
+const { network, networkUnavailable } = await openNetwork(store);
+const engine = await SandboxEngine.open({ image, accel: accel.accel, poolSize, network: network?.hooks });
+await network?.restore(new Set(engine.listSandboxes().filter((s) => s.state === "running" || s.state === "paused").map((s) => s.id)));
+const sandboxes = new SandboxService(engine, store, { region, network });
+const app = buildApp({ accel, image, region, store, sandboxes, network, networkUnavailable, logError: log });
 const port = serverPort();
 await app.listen({ host: "127.0.0.1", port });
 log(`CodeCourier listening on http://127.0.0.1:${port} (accelerator: ${accel.accel} — ${accel.reason}; region ${region}; data: ${dataDir()})`);
 log(`VM resource limits: ${hostCgroups().summary}`);
+log(network ? `sandbox networking: default-deny egress through the proxy (pool ${network.host.pool})` : `sandbox networking OFF: ${networkUnavailable}`);
 
 if ((await store.tenantCount()) === 0) {
   // Shown once: only its hash is stored. More keys: `codecourier keys create --tenant NAME`.
@@ -44,6 +62,7 @@ const shutdown = () => {
   void app
     .close()
     .then(() => engine.close())
+    .then(() => network?.close())
     .then(() => store.close())
     .finally(() => process.exit(0));
 };
