@@ -4,6 +4,7 @@
  * else of theirs in or through. Several engines (each with its own data dir) can share a host: names carry a tag
  * derived from the data dir, and pool addresses are claimed host-wide by their routes.
  */
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { realpathSync } from "node:fs";
 import ipaddr from "ipaddr.js";
@@ -109,6 +110,16 @@ export class HostNetwork {
       removed.push(name);
     }
     return removed;
+  }
+
+  /**
+   * For a process that is exiting (no await possible): removes the given namespaces, their veths and the host
+   * rules, synchronously.
+   */
+  removeAllNow(namespaces: readonly SandboxNetnsSpec[]): void {
+    const lines = namespaces.flatMap((spec) => [`link del ${spec.hostInterface}`, `netns del ${spec.name}`]);
+    if (lines.length > 0) spawnSync("ip", ["-force", "-batch", "-"], { input: lines.join("\n"), stdio: ["pipe", "ignore", "ignore"] });
+    spawnSync("nft", ["delete", "table", "ip", this.#table], { stdio: "ignore" });
   }
 
   /** Removes the host-side rules; namespaces are the sandboxes' to remove. */

@@ -19,6 +19,7 @@ import { loadOriginalDestination } from "./original-destination.js";
 import { applyPolicyChange, decide, decideName, normalizeName, PolicyError } from "./policy.js";
 import { ExposedPort } from "./port-exposer.js";
 import { SandboxNetwork } from "./sandbox-network.js";
+import { onHostExit } from "../vmm/reaper.js";
 
 /** Where the service keeps each sandbox's network configuration (the control store). */
 export interface NetworkConfigStore {
@@ -69,6 +70,7 @@ export class NetworkService {
   readonly #dropped = new Map<string, DropCounters>();
   #hostAddresses = new Set<string>();
   #dropTimer: NodeJS.Timeout | undefined;
+  #unregisterExitCleanup: (() => void) | undefined;
 
   private constructor(
     readonly host: HostNetwork,
@@ -101,6 +103,8 @@ export class NetworkService {
       for (const { sandboxId, config } of await options.store.networkConfigs()) {
         service.#configs.set(sandboxId, JSON.parse(config) as StoredNetworkConfig);
       }
+      // An interrupted server kills its VMs synchronously (vmm/reaper.ts); their namespaces and the host rules go too.
+      service.#unregisterExitCleanup = onHostExit(() => service!.host.removeAllNow([...service!.#attached.values()]));
       service.#dropTimer = setInterval(() => void service!.#pollDrops(), DROP_POLL_MS);
       service.#dropTimer.unref();
       return service;
@@ -268,12 +272,21 @@ export class NetworkService {
     }
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stops the proxy, DNS stub and exposed ports. With `sandboxesStopped` (the engine has stopped every VM) every
+   * namespace of this engine goes too — also one a restore still in flight made — and then the host rules.
+   */
+  async close(options: { sandboxesStopped?: boolean } = {}): Promise<void> {
     clearInterval(this.#dropTimer);
+    this.#unregisterExitCleanup?.();
     for (const exposures of this.#exposures.values()) for (const { server } of exposures.values()) await server.close();
     for (const sandbox of this.#sandboxes.values()) sandbox.closeConnections();
     await this.proxy.close();
     await this.dns.close();
+    if (options.sandboxesStopped) {
+      await this.host.sweep(new Set());
+      this.#attached.clear();
+    }
     // The host rules stay while any namespace of this engine does: without them a sandbox's packets would be routed
     // by the host instead of reaching the (closed) proxy.
     if (this.#attached.size === 0) await this.host.close();

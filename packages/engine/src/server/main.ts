@@ -62,7 +62,7 @@ const shutdown = () => {
   void app
     .close()
     .then(() => engine.close())
-    .then(() => network?.close())
+    .then(() => network?.close({ sandboxesStopped: true }))
     .then(() => store.close())
     .finally(() => process.exit(0));
 };

@@ -135,7 +135,7 @@ describe("sandbox network (real server, real VMs, origins in a test namespace)",
     // DNS for a disallowed name, and DNS (and any UDP) to another resolver.
     assert.notEqual((await sh(sandbox, "getent hosts evil.test")).code, 0);
     await eventWhere((e) => e.type === "network.dns" && e.name === "evil.test" && !e.allowed, "the disallowed name");
-    await sh(sandbox, `for i in 1 2 3; do echo q > /dev/udp/${evilIp}/53; echo u > /dev/udp/${evilIp}/9999; done`);
+    await sh(sandbox, `bash -c 'for i in 1 2 3; do echo q > /dev/udp/${evilIp}/53; echo u > /dev/udp/${evilIp}/9999; done'`);
     await eventWhere((e) => e.type === "network.dropped" && e.kind === "dns", "DNS to another resolver");
     await eventWhere((e) => e.type === "network.dropped" && e.kind === "udp", "other UDP");
     // IPv6: the guest has no IPv6 stack; a raw IPv6 frame (sent through a packet socket) is dropped by the host.
@@ -167,7 +167,7 @@ describe("sandbox network (real server, real VMs, origins in a test namespace)",
   it("a tunnel reaches exactly its target, none of its neighbours", async () => {
     await sandbox.network.policy({});
     await sandbox.network.tunnel({ name: "db", target: `${allowedIp}:5432` });
-    const echo = await sh(sandbox, "exec 3<>/dev/tcp/db/5432 && echo through-the-tunnel >&3 && head -n1 <&3");
+    const echo = await sh(sandbox, "bash -c 'exec 3<>/dev/tcp/db/5432 && echo through-the-tunnel >&3 && head -n1 <&3'");
     assert.equal(echo.out, "through-the-tunnel\n");
     const tunnelAddress = (await sh(sandbox, "getent hosts db")).out.split(/\s+/)[0]!;
     for (const [address, port] of [

@@ -10,6 +10,8 @@ const live = new Map<string, { child: QemuProcess; runDir: string; cgroup: VmCgr
 /** How long the exit handler waits, for all VMs together, for killed QEMUs to leave their cgroups. */
 const CGROUP_REMOVAL_WAIT_MS = 1000;
 let installed = false;
+/** Synchronous clean-ups of what the VMs used besides their processes (their network), run after the kills. */
+const exitCleanups = new Set<() => void>();
 
 function killAll(): void {
   const entries = [...live.values()];
@@ -27,6 +29,23 @@ function killAll(): void {
   const deadline = Date.now() + CGROUP_REMOVAL_WAIT_MS;
   for (const { cgroup } of entries) cgroup?.removeBlocking(deadline);
   live.clear();
+  for (const cleanup of exitCleanups) {
+    try {
+      cleanup();
+    } catch {
+      // The process is exiting: what a clean-up could not remove, the next start's sweep does.
+    }
+  }
+}
+
+/**
+ * Runs `cleanup` (synchronous) when the host process exits or is interrupted, after every VM is killed. Returns the
+ * function that unregisters it (after an orderly shutdown has cleaned up itself).
+ */
+export function onHostExit(cleanup: () => void): () => void {
+  install();
+  exitCleanups.add(cleanup);
+  return () => exitCleanups.delete(cleanup);
 }
 
 function install(): void {
