@@ -30,6 +30,12 @@ const DEBIAN_PACKAGES = [
   ["gcc", "gcc"],
   ["libc6-dev", null, () => staticLibcInstalled()],
   ["linux-image-amd64", null, () => kernelInstalled()],
+  // Sandbox networking: a namespace, tap and veth per sandbox (iproute2, nsenter from util-linux), nftables rules.
+  ["iproute2", "ip"],
+  ["util-linux", "nsenter"],
+  ["nftables", "nft"],
+  // The network tests' origins serve HTTPS with a throwaway certificate.
+  ["openssl", "openssl"],
   // better-sqlite3 (the engine's state) compiles its native addon when no prebuilt binary can be downloaded.
   ["make", "make"],
   ["g++", "g++"],

@@ -9,6 +9,7 @@
 import { bootSuite } from "./suites/boot.js";
 import { lifecycleSuite } from "./suites/lifecycle.js";
 import { apiSuite } from "./suites/api.js";
+import { networkSuite } from "./suites/network.js";
 import { report, type SuiteResult } from "./report.js";
 
 export interface BenchOptions {
@@ -26,6 +27,7 @@ const suites: Record<string, Suite> = {
   boot: { defaultRuns: 20, run: (runs, log) => bootSuite(runs, log) },
   lifecycle: { defaultRuns: 10, run: lifecycleSuite },
   api: { defaultRuns: 10, run: (runs, log) => apiSuite(runs, log) },
+  network: { defaultRuns: 30, run: (runs, log) => networkSuite(runs, log) },
 };
 
 const VALUE_FLAGS = ["--runs", "--duration", "--idle-clones", "--max-clones", "--min-available-mib", "--density-minutes"] as const;

@@ -35,3 +35,6 @@ export { buildApp, type AppContext } from "./server/app.js";
 export { isolatedDataDir } from "./testing/isolated-data-dir.js";
 export { startLocalServer, freePort, withServerLog, type LocalServer } from "./testing/local-server.js";
 export { numberedPieces } from "./testing/numbered-pieces.js";
+export { startOriginNetns, type OriginNetns, type OriginEvent } from "./testing/origin-netns.js";
+export { engineTag } from "./network/host-network.js";
+export { runTool } from "./util/run-tool.js";

@@ -39,7 +39,8 @@ export class EgressProxy {
   readonly #server: net.Server;
 
   private constructor(readonly options: EgressProxyOptions) {
-    this.#server = net.createServer({ pauseOnConnect: true }, (socket) => void this.#handle(socket));
+    // noDelay: relayed bytes go out as they come; Nagle would hold a small reply back for the guest's ACK.
+    this.#server = net.createServer({ pauseOnConnect: true, noDelay: true }, (socket) => void this.#handle(socket));
   }
 
   static async listen(options: EgressProxyOptions & { port?: number }): Promise<EgressProxy> {
@@ -191,7 +192,7 @@ export class EgressProxy {
   }
 
   #relay(guest: Socket, initial: Buffer, verdict: { address: string; port: number }, sandbox: SandboxNetwork, event: ConnectionEvent, started: number): void {
-    const upstream = net.connect({ host: verdict.address, port: verdict.port, timeout: DIAL_TIMEOUT_MS });
+    const upstream = net.connect({ host: verdict.address, port: verdict.port, timeout: DIAL_TIMEOUT_MS, noDelay: true });
     sandbox.connections.add(upstream);
     let finished = false;
     const finish = (error?: Error) => {

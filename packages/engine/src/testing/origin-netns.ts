@@ -23,6 +23,8 @@ export interface OriginEvent {
 }
 
 export interface OriginNetns {
+  /** The namespace's name. */
+  name: string;
   /** The origins' addresses (10.250.N.2, .3, …). */
   addresses: string[];
   /** Everything the origins have seen so far. */
@@ -70,7 +72,7 @@ export async function startOriginNetns(count = 2): Promise<OriginNetns> {
       });
     });
     await ready;
-    return { addresses, events: () => [...seen], stop };
+    return { name, addresses, events: () => [...seen], stop };
   } catch (error) {
     await stop();
     throw error;

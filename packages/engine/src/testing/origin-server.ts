@@ -1,8 +1,9 @@
 /**
- * A test origin, run inside a network namespace that a test or benchmark made (testing/origin-netns.ts): on each of
- * the addresses given it serves HTTP on 80 and HTTPS on 443 (answering with the address that served it, so a test
- * can tell which origin a request reached; GET /bytes/N sends N bytes), a TCP echo on 5432, and receives UDP on 53
- * and 9999. Every connection and datagram is reported on stdout as one JSON line.
+ * A test origin, run inside a network namespace that a test or benchmark made (testing/origin-netns.ts): on every
+ * address of the namespace (also ones added later) it serves HTTP on 80 and HTTPS on 443 (answering with the address
+ * that served it, so a test can tell which origin a request reached; GET /bytes/N sends N bytes) and a TCP echo on
+ * 5432; on each address given it receives UDP on 53 and 9999. Every connection and datagram is reported on stdout as
+ * one JSON line.
  *
  * Usage: node origin-server.js <certFile> <keyFile> <address>...
  */
@@ -49,18 +50,18 @@ const listen = (server: { listen(port: number, host: string, cb: () => void): un
     server.listen(port, host, resolve);
   }));
 
+listen(createHttpServer(answer("http")), 80, "0.0.0.0");
+listen(createHttpsServer(tls, answer("https")), 443, "0.0.0.0");
+listen(
+  createTcpServer((socket: Socket) => {
+    report({ kind: "echo", local: socket.localAddress });
+    socket.on("error", () => {});
+    socket.pipe(socket);
+  }),
+  5432,
+  "0.0.0.0",
+);
 for (const address of addresses) {
-  listen(createHttpServer(answer("http")), 80, address);
-  listen(createHttpsServer(tls, answer("https")), 443, address);
-  listen(
-    createTcpServer((socket: Socket) => {
-      report({ kind: "echo", local: socket.localAddress });
-      socket.on("error", () => {});
-      socket.pipe(socket);
-    }),
-    5432,
-    address,
-  );
   for (const port of [53, 9999]) {
     const udp = createSocket("udp4");
     udp.on("message", (_message, from) => report({ kind: "udp", local: address, port, from: from.address }));
