@@ -185,6 +185,30 @@ describe("codecourier sandbox commands (real server, real VMs)", () => {
     }
   });
 
+  it("sets a sandbox's network policy, tunnels and exposed ports and lists its events (net …)", async () => {
+    const id = (await ok(["create", "--allow", "example.test", "--deny", "*.bad.test"])).trim();
+    const shown = JSON.parse(await ok(["net", "show", id, "--json"])) as { policy: { allow: string[]; deny: string[] } };
+    assert.deepEqual([shown.policy.allow, shown.policy.deny], [["example.test"], ["*.bad.test"]]);
+    assert.deepEqual((JSON.parse(await ok(["net", "allow", id, "*.npmjs.org:443", "10.9.0.0/16"])) as { allow: string[] }).allow, [
+      "example.test",
+      "*.npmjs.org:443",
+      "10.9.0.0/16",
+    ]);
+    assert.deepEqual((JSON.parse(await ok(["net", "allow", id, "example.test", "--remove"])) as { allow: string[] }).allow, ["*.npmjs.org:443", "10.9.0.0/16"]);
+    const bad = await cli(["net", "allow", id, "::1"]);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /::1/);
+    assert.deepEqual(JSON.parse(await ok(["net", "tunnel", id, "db", "10.9.0.5:5432"])), { name: "db", target: "10.9.0.5:5432", port: 5432 });
+    const exposed = JSON.parse(await ok(["net", "expose", id, "8080"])) as { url: string; token: string | null };
+    assert.ok(exposed.url.startsWith("http://") && exposed.token);
+    assert.match(await ok(["net", "show", id]), /tunnel: +db:5432 → 10\.9\.0\.5:5432[\s\S]*exposed: +8080 at http/);
+    await ok(["net", "unexpose", id, "8080"]);
+    // A name the policy does not allow: refused by the DNS stub, and listed as an event.
+    await cli(["exec", id, "--", "getent hosts denied.test"]);
+    assert.match(await ok(["net", "events", id]), /dns A +nxdomain +denied\.test +default-deny/);
+    await ok(["kill", id]);
+  });
+
   it("reports an unknown sandbox, a wrong key and usage errors on stderr, exit 1 (2 for usage)", async () => {
     const unknown = await cli(["exec", "sb_doesnotexist", "--", "true"]);
     assert.equal(unknown.code, 1);

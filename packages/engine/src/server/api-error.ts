@@ -1,5 +1,7 @@
 import { API_ERROR_CODES, type ApiErrorCode } from "@codecourier/protocol/api";
 import { ZodError } from "zod";
+import { NetworkRequestError } from "../network/network-service.js";
+import { PolicyError } from "../network/policy.js";
 import { AgentError } from "../agent-client/errors.js";
 import {
   InvalidRequestError,
@@ -57,6 +59,7 @@ export function toApiError(error: unknown): { apiError: ApiError; unexpected: bo
     return { apiError: new ApiError(code, `in the sandbox: ${error.message}`), unexpected: code === "internal" };
   }
   if (error instanceof InvalidRequestError) return { apiError: new ApiError("bad_request", error.message), unexpected: false };
+  if (error instanceof PolicyError || error instanceof NetworkRequestError) return { apiError: new ApiError("bad_request", error.message), unexpected: false };
   if (error instanceof SandboxError) return { apiError: new ApiError("internal", error.message), unexpected: true };
   const fastify = error as { statusCode?: number; code?: string; message?: string; validation?: unknown };
   if (fastify.statusCode === 413) return { apiError: new ApiError("payload_too_large", "the request body is too large"), unexpected: false };

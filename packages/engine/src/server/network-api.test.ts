@@ -97,6 +97,17 @@ describe("sandbox network (real server, real VMs, origins in a test namespace)",
     const event = await eventWhere((e) => e.type === "network.connection" && e.allowed && e.name === "allowed.test" && e.port === 443, "the allowed TLS connection");
     assert.ok(event.type === "network.connection" && event.nameSource === "sni" && event.rule === "allowed.test" && event.bytesIn > 0);
 
+    // Another tenant cannot see or change this sandbox's network; a bad entry is refused and changes nothing.
+    const otherKey = await server.createKey("other-team");
+    const foreign = await fetch(`${server.url}/v1/sandboxes/${sandbox.sandboxId}/network/policy`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${otherKey}`, "content-type": "application/json" },
+      body: JSON.stringify({ allow: ["evil.test"] }),
+    });
+    assert.equal(foreign.status, 404);
+    await assert.rejects(sandbox.network.allow("evil.test", "fd00::/8"), sdk.BadRequestError);
+    assert.deepEqual((await sandbox.network.state()).policy.allow, ["allowed.test"]);
+
     await sandbox.network.remove(["allowed.test"]);
     const closed = await sh(sandbox, curl(`--resolve allowed.test:80:${allowedIp} http://allowed.test/`));
     assert.notEqual(closed.code, 0, "a removed entry still let a new connection through");
