@@ -108,7 +108,6 @@ export class SandboxService {
     } catch (error) {
       // Nothing half-created: a sandbox nobody owns would run forever.
       await this.engine.kill(sandbox.id).catch(() => {});
-      await this.options.network?.forget(sandbox.id).catch(() => {});
       throw error;
     }
     return this.#toApi(row);
@@ -154,7 +153,6 @@ export class SandboxService {
     await this.#owned(tenant, sandboxId);
     if (!this.#isLive(sandboxId)) return;
     await this.engine.kill(sandboxId);
-    await this.options.network?.forget(sandboxId);
     await this.store.setSandboxTimeout(sandboxId, null);
   }
 
@@ -282,10 +280,7 @@ export class SandboxService {
         const state = this.#state(row.sandbox_id);
         try {
           if (state === "running" && row.on_timeout === "pause") await this.engine.pause(row.sandbox_id);
-          else if (state === "running" || (state === "paused" && row.on_timeout === "kill")) {
-            await this.engine.kill(row.sandbox_id);
-            await this.options.network?.forget(row.sandbox_id);
-          }
+          else if (state === "running" || (state === "paused" && row.on_timeout === "kill")) await this.engine.kill(row.sandbox_id);
         } catch (error) {
           if (!(error instanceof SandboxNotFoundError)) process.emitWarning(`timeout of sandbox ${row.sandbox_id}: ${String(error)}`);
         }

@@ -19,6 +19,8 @@ type ConnectionEvent = Extract<NetworkEvent, { type: "network.connection" }>;
 type Addon = Awaited<ReturnType<typeof loadOriginalDestination>>;
 
 const DIAL_TIMEOUT_MS = 10_000;
+/** Open connections (guest side and upstream together) a sandbox may hold through the proxy. */
+export const MAX_CONNECTIONS_PER_SANDBOX = 2048;
 /** How long a client may stay silent before it is taken to speak a server-first protocol (SSH, SMTP). */
 const PEEK_TIMEOUT_MS = 1000;
 
@@ -74,9 +76,10 @@ export class EgressProxy {
       guest.destroy();
       return;
     }
+    const started = Date.now();
+    const overLimit = sandbox.connections.size >= MAX_CONNECTIONS_PER_SANDBOX;
     sandbox.connections.add(guest);
     guest.once("close", () => sandbox.connections.delete(guest));
-    const started = Date.now();
     const event: ConnectionEvent = {
       type: "network.connection",
       time: started,
@@ -96,7 +99,9 @@ export class EgressProxy {
     const tunnel = sandbox.tunnelAt(requested.address);
     let verdict: Verdict;
     let initial: Buffer = Buffer.alloc(0);
-    if (tunnel) {
+    if (overLimit) {
+      verdict = { allowed: false, rule: "limit:connections", error: `more than ${MAX_CONNECTIONS_PER_SANDBOX / 2} open connections` };
+    } else if (tunnel) {
       event.nameSource = "tunnel";
       event.name = tunnel.name;
       verdict = await this.#tunnelVerdict(tunnel, requested.port);

@@ -158,6 +158,11 @@ table ip ${this.#table} {
     iifname "${sandboxes}" drop
     oifname "${sandboxes}" drop
   }
+  chain output {
+    type filter hook output priority filter; policy accept;
+    # Exposed guest ports are reached through the engine's token check only: other local users cannot dial them.
+    oifname "${sandboxes}" meta skuid != ${process.getuid?.() ?? 0} drop
+  }
 }
 `,
     });

@@ -127,6 +127,7 @@ export class NetworkService {
       sweep: async (live) => {
         await this.host.sweep(live);
       },
+      ended: (sandboxId) => this.forget(sandboxId),
     };
   }
 

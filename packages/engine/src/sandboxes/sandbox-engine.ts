@@ -58,6 +58,8 @@ export interface SandboxNetworkHooks {
   detach(sandboxId: string): Promise<void>;
   /** Removes every network namespace of this engine whose sandbox is not in `live`. */
   sweep(live: ReadonlySet<string>): Promise<void>;
+  /** The sandbox ended for good (killed, lost, a pool clone discarded): its network settings can go. */
+  ended(sandboxId: string): Promise<void>;
 }
 
 export interface TemplateDefinition {
@@ -309,6 +311,7 @@ export class SandboxEngine {
         this.#running.delete(sandboxId);
         await vm?.kill();
         this.db.updateSandbox(sandboxId, { state: "stopped", run_dir: null, pid: null });
+        await this.#ended(sandboxId);
         if (row.paused_snapshot_id) await this.#forgetSnapshot(row.paused_snapshot_id);
       }),
     );
@@ -499,6 +502,7 @@ export class SandboxEngine {
           if (!this.#closed) this.db.updateSandbox(row.id, { state: "lost", run_dir: null, pid: null });
         }
         await vm.kill();
+        await this.#ended(row.id);
       });
   }
 
@@ -513,6 +517,7 @@ export class SandboxEngine {
       if (this.#running.get(id) !== vm) return;
       this.#running.delete(id);
       if (!this.#closed) this.db.updateSandbox(id, { state: "lost", run_dir: null, pid: null });
+      void this.#ended(id);
     });
   }
 
@@ -540,6 +545,7 @@ export class SandboxEngine {
       return { id: row.id, vm, agent: vm.agent };
     } catch (error) {
       this.db.updateSandbox(row.id, { state: "lost", run_dir: null, pid: null });
+      await this.#ended(row.id);
       throw error;
     }
   }
@@ -590,6 +596,12 @@ export class SandboxEngine {
     this.#running.delete(sandboxId);
     await vm?.kill();
     this.db.updateSandbox(sandboxId, { state: "stopped", run_dir: null, pid: null });
+    await this.#ended(sandboxId);
+  }
+
+  /** Tells the network a sandbox ended for good; a failure there is reported, not the caller's problem. */
+  async #ended(sandboxId: string): Promise<void> {
+    await this.options.network?.ended(sandboxId).catch((error: unknown) => process.emitWarning(`sandbox ${sandboxId}: network clean-up failed: ${String(error)}`));
   }
 
   async #handOut(sandboxId: string): Promise<RunningSandbox | undefined> {

@@ -235,6 +235,24 @@ describe("sandbox network (real server, real VMs, origins in a test namespace)",
     await assert.rejects(fetch(open.url));
   });
 
+  it("a sandbox keeps its network, policy and exposed port across a server crash and restart", async () => {
+    await sandbox.network.policy({ allow: ["allowed.test"] });
+    const exposed = await sandbox.network.expose(8080, { public: true });
+    const tag = engineTag(server.home);
+    const namespaces = async () =>
+      (await runTool("ip", ["netns", "list"])).toString().split("\n").filter((line) => line.startsWith(`cc-${tag}-`)).map((line) => line.split(" ")[0]);
+    const before = await namespaces();
+    following.abort();
+    await server.restartAfterCrash();
+    // The sandbox's QEMU ran on; the new server adopted it with its namespace (the old pool clone's is gone).
+    assert.ok((await namespaces()).includes(`cc-${tag}-${sandbox.sandboxId}`), `namespaces before ${before}, after ${await namespaces()}`);
+    assert.deepEqual((await sandbox.network.state()).policy.allow, ["allowed.test"]);
+    assert.equal((await sh(sandbox, curl("http://allowed.test/"))).out, `origin ${allowedIp} host allowed.test\n`);
+    assert.notEqual((await sh(sandbox, curl("http://evil.test/"))).code, 0);
+    // The guest's HTTP server from the expose test is still running: the sandbox was never stopped.
+    assert.equal(await (await fetch(`${exposed.url}after-restart`)).text(), "guest says GET /after-restart\n");
+  });
+
   it("100 create/kill cycles leave no namespace, tap, veth or nftables table behind", async () => {
     const tag = engineTag(server.home);
     for (let i = 0; i < 100; i++) {

@@ -20,6 +20,11 @@ export interface LocalServer {
   createKey(tenant: string): Promise<string>;
   /** SIGTERM (SIGKILL after 20 s), then the data dir is removed. */
   stop(): Promise<void>;
+  /**
+   * SIGKILL (nothing of the server's own clean-up runs; its VMs go on), then a new server on the same data dir and
+   * port, resolved once it is ready.
+   */
+  restartAfterCrash(): Promise<void>;
 }
 
 export function freePort(): Promise<number> {
@@ -39,31 +44,41 @@ export function freePort(): Promise<number> {
 export async function startLocalServer(options: { prefix?: string; env?: Record<string, string> } = {}): Promise<LocalServer> {
   const home = await isolatedDataDir(options.prefix ?? "ccserver-");
   const port = await freePort();
-  const server: ChildProcess = spawn(process.execPath, [serverMain], {
-    env: { ...process.env, CODECOURIER_POOL_SIZE: "1", ...options.env, CODECOURIER_HOME: home, CODECOURIER_PORT: String(port) },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
+  const env = { ...process.env, CODECOURIER_POOL_SIZE: "1", ...options.env, CODECOURIER_HOME: home, CODECOURIER_PORT: String(port) };
   let output = "";
-  server.stderr!.on("data", (chunk: Buffer) => (output += chunk.toString()));
-  // For debugging a failing test: CODECOURIER_TEST_SERVER_LOG=1 shows the server's log as it is written.
-  if (process.env.CODECOURIER_TEST_SERVER_LOG) server.stderr!.pipe(process.stderr);
-  const stop = async () => {
+  let server: ChildProcess;
+  const start = async () => {
+    server = spawn(process.execPath, [serverMain], { env, stdio: ["ignore", "ignore", "pipe"] });
+    const started = output.length;
+    server.stderr!.on("data", (chunk: Buffer) => (output += chunk.toString()));
+    // For debugging a failing test: CODECOURIER_TEST_SERVER_LOG=1 shows the server's log as it is written.
+    if (process.env.CODECOURIER_TEST_SERVER_LOG) server.stderr!.pipe(process.stderr);
+    const deadline = Date.now() + 300_000;
+    while (!/template base .* ready/.test(output.slice(started))) {
+      if (server.exitCode !== null || Date.now() > deadline) {
+        await stop();
+        throw new Error(`the server did not get ready:\n${output}`);
+      }
+      await sleep(100);
+    }
+  };
+  const stopProcess = async (signal: NodeJS.Signals) => {
     if (server.exitCode === null && server.signalCode === null) {
       const exited = new Promise((resolve) => server.once("exit", resolve));
-      server.kill("SIGTERM");
+      server.kill(signal);
       await Promise.race([exited, sleep(20_000)]);
       server.kill("SIGKILL");
     }
+  };
+  const stop = async () => {
+    await stopProcess("SIGTERM");
     await rm(home, { recursive: true, force: true });
   };
-  const deadline = Date.now() + 300_000;
-  while (!/template base .* ready/.test(output)) {
-    if (server.exitCode !== null || Date.now() > deadline) {
-      await stop();
-      throw new Error(`the server did not get ready:\n${output}`);
-    }
-    await sleep(100);
-  }
+  const restartAfterCrash = async () => {
+    await stopProcess("SIGKILL");
+    await start();
+  };
+  await start();
   const createKey = async (tenant: string) => {
     const store = await ControlStore.openSqlite(join(home, CONTROL_DATABASE_FILE));
     try {
@@ -72,7 +87,7 @@ export async function startLocalServer(options: { prefix?: string; env?: Record<
       await store.close();
     }
   };
-  return { url: `http://127.0.0.1:${port}`, home, log: () => output, createKey, stop };
+  return { url: `http://127.0.0.1:${port}`, home, log: () => output, createKey, stop, restartAfterCrash };
 }
 
 /** Runs `work`; a failure carries the server's log, where an API answer's "internal error" is explained. */
