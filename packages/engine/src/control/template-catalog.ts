@@ -48,10 +48,12 @@ export class TemplateCatalog {
   async snapshotFor(name: string, version: number, cpus: number, memoryMB: number): Promise<string> {
     const key = `${name}@${version}/${cpus}/${memoryMB}`;
     const existing = await this.store.templateSnapshot(name, version, cpus, memoryMB);
-    if (existing !== undefined && this.engine.hasSnapshot(existing)) {
+    if (existing !== undefined && this.engine.canRestore(existing)) {
       this.engine.warmPool(existing);
       return existing;
     }
+    // Saved with an older image or QEMU (after an upgrade): made again below. The old one goes if nothing uses it.
+    if (existing !== undefined && this.engine.hasSnapshot(existing)) await this.engine.deleteSnapshot(existing).catch(() => {});
     let making = this.#making.get(key);
     if (making === undefined) {
       making = (async () => {

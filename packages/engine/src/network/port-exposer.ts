@@ -147,20 +147,25 @@ export class ExposedPort {
     return timingSafeEqual(createHash("sha256").update(presented).digest(), this.#tokenDigest);
   }
 
+  /** Where an authorized request goes; undefined once `refuse` has answered one that may not go anywhere. */
+  #admit(request: IncomingMessage, refuse: (error: ProxyError) => void): ExposeTarget | undefined {
+    if (!this.#isAuthorized(request)) {
+      refuse(UNAUTHORIZED);
+      return undefined;
+    }
+    try {
+      return this.#target();
+    } catch (error) {
+      refuse(upstreamFailure(error));
+      return undefined;
+    }
+  }
+
   #relayRequest(request: IncomingMessage, response: ServerResponse): void {
     // Without a listener, a client that goes away mid-upload would make the request emit an unhandled error.
     request.on("error", () => undefined);
-    if (!this.#isAuthorized(request)) {
-      sendError(response, UNAUTHORIZED);
-      return;
-    }
-    let target: ExposeTarget;
-    try {
-      target = this.#target();
-    } catch (error) {
-      sendError(response, upstreamFailure(error));
-      return;
-    }
+    const target = this.#admit(request, (error) => sendError(response, error));
+    if (!target) return;
 
     const upstream = httpRequest({
       host: target.host,
@@ -192,17 +197,8 @@ export class ExposedPort {
   #relayUpgrade(request: IncomingMessage, client: Duplex, head: Buffer): void {
     // The http server removed its own error handling from an upgraded socket; an error must not crash the process.
     client.on("error", () => client.destroy());
-    if (!this.#isAuthorized(request)) {
-      answerRawSocket(client, UNAUTHORIZED);
-      return;
-    }
-    let target: ExposeTarget;
-    try {
-      target = this.#target();
-    } catch (error) {
-      answerRawSocket(client, upstreamFailure(error));
-      return;
-    }
+    const target = this.#admit(request, (error) => answerRawSocket(client, error));
+    if (!target) return;
 
     const upstream = connect({ host: target.host, port: target.port });
     this.#track(upstream);

@@ -385,6 +385,18 @@ export class SandboxEngine {
     return this.db.snapshot(id)?.state === "ready";
   }
 
+  /** Whether the snapshot exists and this engine can restore it (same image builds, QEMU, layout). */
+  canRestore(id: string): boolean {
+    const row = this.db.snapshot(id);
+    if (row?.state !== "ready") return false;
+    try {
+      this.#checkCompatible(row);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   listSnapshots(): SnapshotInfo[] {
     return this.db.snapshots(["ready"]).filter((row) => row.kind !== "pause").map(toSnapshotInfo);
   }

@@ -14,11 +14,12 @@ import { errorChecks } from "./checks/errors.js";
 import { fileChecks } from "./checks/files.js";
 import { fileDiskChecks } from "./checks/files-disk.js";
 import { lifecycleChecks } from "./checks/lifecycle.js";
+import { networkChecks } from "./checks/network.js";
 import { processChecks } from "./checks/processes.js";
 import { watchChecks } from "./checks/watch.js";
 import { exit, print, readEnv, runChecks, runtimeName, type Check, type SuiteContext } from "./harness.js";
 
-const CHECKS: readonly Check[] = [...errorChecks, createMainSandbox, ...commandChecks, ...processChecks, ...fileChecks, ...fileDiskChecks, ...watchChecks, ...lifecycleChecks];
+const CHECKS: readonly Check[] = [...errorChecks, createMainSandbox, ...commandChecks, ...processChecks, ...fileChecks, ...fileDiskChecks, ...watchChecks, ...networkChecks, ...lifecycleChecks];
 
 const url = readEnv("CODECOURIER_URL");
 const apiKey = readEnv("CODECOURIER_API_KEY");
