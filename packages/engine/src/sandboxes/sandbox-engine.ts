@@ -801,16 +801,20 @@ export class SandboxEngine {
       }
       this.db.updateSandbox(row.id, { state: "lost", run_dir: null, pid: null });
     }
+    const killed: number[] = [];
     for (const qemu of qemus) {
       if (adopted.has(qemu.pid)) continue;
       try {
         process.kill(qemu.pid, "SIGKILL");
+        killed.push(qemu.pid);
       } catch {
         // Gone already.
       }
     }
-    // A killed process may take a moment to release its files; wait until none of them is alive.
-    for (let i = 0; i < 200 && findEngineQemus(runRoot).some((q) => !adopted.has(q.pid)); i++) await new Promise((r) => setTimeout(r, 10));
+    // A killed process may take a moment to release its files and its cgroup: wait until it is gone from /proc
+    // altogether (reaped), not only until its command line is (that empties as soon as it starts exiting).
+    const reaped = () => !killed.some((pid) => existsSync(`/proc/${pid}`)) && !findEngineQemus(runRoot).some((q) => !adopted.has(q.pid));
+    for (let i = 0; i < 300 && !reaped(); i++) await new Promise((r) => setTimeout(r, 10));
     for (const row of this.db.snapshots(["saving"])) await this.#forgetSnapshot(row.id);
     await this.#collectGarbage();
     await this.options.network?.sweep(new Set([...this.#running.keys()]));
