@@ -142,7 +142,8 @@ table netdev codecourier_link {
   chain ingress {
     type filter hook ingress device "${TAP_DEVICE}" priority 0; policy accept;
     meta protocol ip6 counter name dropped_ipv6 drop
-    meta protocol != { ip, arp } counter name dropped_other drop
+    # 0x8035: the RARP frames QEMU itself sends after every restore (its self-announce); the kernel ignores them.
+    meta protocol != { ip, arp, 0x8035 } counter name dropped_other drop
   }
 }
 `;

@@ -14,9 +14,9 @@ import { DnsStub, type DnsAnswer, type DnsQuestion } from "./dns-stub.js";
 import { EgressProxy } from "./egress-proxy.js";
 import { HostNetwork } from "./host-network.js";
 import { NameResolver } from "./name-resolver.js";
-import { GUEST_ADDRESS, HOST_HOP, TAP_DEVICE, readDropCounters, setExposedPorts, type DropCounters, type SandboxNetnsSpec } from "./netns.js";
+import { HOST_HOP, TAP_DEVICE, readDropCounters, setExposedPorts, type DropCounters, type SandboxNetnsSpec } from "./netns.js";
 import { loadOriginalDestination } from "./original-destination.js";
-import { applyPolicyChange, decide, decideName, normalizeName, PolicyError } from "./policy.js";
+import { applyPolicyChange, decide, decideName, normalizeName } from "./policy.js";
 import { ExposedPort } from "./port-exposer.js";
 import { SandboxNetwork } from "./sandbox-network.js";
 import { onHostExit } from "../vmm/reaper.js";
@@ -448,5 +448,3 @@ function parseHostPort(target: string): { host: string; port: number } {
   return { host: match[1]!.toLowerCase(), port };
 }
 
-export { PolicyError };
-export { GUEST_ADDRESS };
