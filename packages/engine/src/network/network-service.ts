@@ -16,7 +16,8 @@ import { HostNetwork } from "./host-network.js";
 import { NameResolver } from "./name-resolver.js";
 import { HOST_HOP, TAP_DEVICE, readDropCounters, setExposedPorts, type DropCounters, type SandboxNetnsSpec } from "./netns.js";
 import { loadOriginalDestination } from "./original-destination.js";
-import { applyPolicyChange, decide, decideName, normalizeName } from "./policy.js";
+import { applyPolicyChange, normalizeName } from "./policy.js";
+import { answerQuestion } from "./dns-answers.js";
 import { ExposedPort } from "./port-exposer.js";
 import { SandboxNetwork } from "./sandbox-network.js";
 import { onHostExit } from "../vmm/reaper.js";
@@ -57,7 +58,6 @@ export class NetworkRequestError extends Error {
   readonly code = "invalid_network_request";
 }
 
-const DNS_TTL_SECONDS = 30;
 const DROP_POLL_MS = 1000;
 
 export class NetworkService {
@@ -377,37 +377,7 @@ export class NetworkService {
   async #answerDns(question: DnsQuestion, from: string): Promise<DnsAnswer> {
     const sandbox = this.#byAddress.get(from);
     if (!sandbox) return { kind: "refused" };
-    const record = (allowed: boolean, rule: string, answers: string[] = []) =>
-      sandbox.events.record({ type: "network.dns", time: Date.now(), sandboxId: sandbox.sandboxId, allowed, name: question.name, queryType: question.type, rule, answers });
-    const tunnel = sandbox.tunnels.get(question.name);
-    if (tunnel) {
-      record(true, `tunnel:${tunnel.name}`, [tunnel.address]);
-      return { kind: "addresses", addresses: question.type === "A" ? [tunnel.address] : [], ttlSeconds: DNS_TTL_SECONDS };
-    }
-    const byName = decideName(sandbox.policy, question.name);
-    if (!byName.allowed) {
-      record(false, byName.rule);
-      return { kind: "nxdomain" };
-    }
-    if (question.type !== "A") {
-      record(true, byName.rule);
-      return { kind: "addresses", addresses: [], ttlSeconds: DNS_TTL_SECONDS };
-    }
-    let resolved;
-    try {
-      resolved = await this.resolver.resolve(question.name);
-    } catch {
-      record(false, "unresolvable");
-      return { kind: "nxdomain" };
-    }
-    // Only addresses some port of the name could be dialed at: the guest gets no address the proxy would refuse.
-    const context = this.addressContext();
-    const usable = resolved.addresses.filter(
-      (address) => decide(sandbox.policy, { name: question.name, address, port: "any", operatorMapped: resolved.operatorMapped }, context).allowed,
-    );
-    for (const address of usable) sandbox.rememberAnswer(address, question.name);
-    record(usable.length > 0, usable.length > 0 ? byName.rule : "blocked:addresses", usable);
-    return usable.length > 0 ? { kind: "addresses", addresses: usable, ttlSeconds: DNS_TTL_SECONDS } : { kind: "nxdomain" };
+    return answerQuestion(sandbox, question, this.resolver, this.addressContext());
   }
 
   /** Turns increases of each attached sandbox's drop counters into events (only while someone listens). */
