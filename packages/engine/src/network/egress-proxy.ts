@@ -96,27 +96,7 @@ export class EgressProxy {
       durationMs: 0,
       error: null,
     };
-    const tunnel = sandbox.tunnelAt(requested.address);
-    let verdict: Verdict;
-    let initial: Buffer = Buffer.alloc(0);
-    if (overLimit) {
-      verdict = { allowed: false, rule: "limit:connections", error: `more than ${MAX_CONNECTIONS_PER_SANDBOX / 2} open connections` };
-    } else if (tunnel) {
-      event.nameSource = "tunnel";
-      event.name = tunnel.name;
-      verdict = await this.#tunnelVerdict(tunnel, requested.port);
-    } else {
-      const peeked = await peekDestination(guest, { timeoutMs: PEEK_TIMEOUT_MS });
-      initial = peeked.initial;
-      if (peeked.ambiguous) {
-        verdict = { allowed: false, rule: "ambiguous-host" };
-      } else {
-        const named = this.#nameOf(sandbox, peeked, requested.address);
-        event.name = named?.name ?? null;
-        event.nameSource = named?.source ?? null;
-        verdict = await this.#verdict(sandbox, event.name, named?.source ?? null, requested);
-      }
-    }
+    const { verdict, initial } = await this.#decideConnection(guest, sandbox, requested, overLimit, event);
     event.rule = verdict.rule;
     if (!verdict.allowed) {
       event.error = verdict.error ?? null;
@@ -128,6 +108,36 @@ export class EgressProxy {
     event.allowed = true;
     event.address = verdict.address;
     this.#relay(guest, initial, verdict, sandbox, event, started);
+  }
+
+  /**
+   * The verdict on a new connection, and the bytes read from the guest to reach it (they go upstream first). Fills
+   * in the event's name and where it came from.
+   */
+  async #decideConnection(
+    guest: Socket,
+    sandbox: SandboxNetwork,
+    requested: { address: string; port: number },
+    overLimit: boolean,
+    event: ConnectionEvent,
+  ): Promise<{ verdict: Verdict; initial: Buffer }> {
+    const none = Buffer.alloc(0);
+    if (overLimit) {
+      return { verdict: { allowed: false, rule: "limit:connections", error: `more than ${MAX_CONNECTIONS_PER_SANDBOX / 2} open connections` }, initial: none };
+    }
+    // A tunnel is chosen by the address its name resolved to: no peeking (database protocols speak server-first).
+    const tunnel = sandbox.tunnelAt(requested.address);
+    if (tunnel) {
+      event.nameSource = "tunnel";
+      event.name = tunnel.name;
+      return { verdict: await this.#tunnelVerdict(tunnel, requested.port), initial: none };
+    }
+    const peeked = await peekDestination(guest, { timeoutMs: PEEK_TIMEOUT_MS });
+    if (peeked.ambiguous) return { verdict: { allowed: false, rule: "ambiguous-host" }, initial: peeked.initial };
+    const named = this.#nameOf(sandbox, peeked, requested.address);
+    event.name = named?.name ?? null;
+    event.nameSource = named?.source ?? null;
+    return { verdict: await this.#verdict(sandbox, event.name, named?.source ?? null, requested), initial: peeked.initial };
   }
 
   #nameOf(
