@@ -174,23 +174,23 @@ export async function netnsAddress(name: string): Promise<string | undefined> {
   return parsed[0]?.addr_info?.[0]?.local;
 }
 
-export interface DropCounters {
-  udp: number;
-  dns: number;
-  ipv6: number;
-  other: number;
+/** Kinds of packets the namespace drops and counts (its counters are named dropped_<kind>). */
+export const DROP_KINDS = ["udp", "dns", "ipv6", "other"] as const;
+export type DropCounters = Record<(typeof DROP_KINDS)[number], number>;
+
+export function noDrops(): DropCounters {
+  return { udp: 0, dns: 0, ipv6: 0, other: 0 };
 }
 
 /** Packets the namespace's rules dropped so far, by kind. */
 export async function readDropCounters(name: string): Promise<DropCounters> {
   const out = (await runTool("nsenter", [`--net=/run/netns/${name}`, "nft", "-j", "list", "counters"])).toString();
   const parsed = JSON.parse(out) as { nftables: Array<{ counter?: { name: string; table: string; packets: number } }> };
-  const counters: DropCounters = { udp: 0, dns: 0, ipv6: 0, other: 0 };
+  const counters = noDrops();
   for (const entry of parsed.nftables) {
     const counter = entry.counter;
-    if (!counter) continue;
-    const kind = counter.name.replace(/^dropped_/, "");
-    if (kind === "udp" || kind === "dns" || kind === "ipv6" || kind === "other") counters[kind] += counter.packets;
+    const kind = DROP_KINDS.find((k) => counter?.name === `dropped_${k}`);
+    if (counter && kind) counters[kind] += counter.packets;
   }
   return counters;
 }

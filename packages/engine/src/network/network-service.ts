@@ -14,7 +14,7 @@ import { DnsStub, type DnsAnswer, type DnsQuestion } from "./dns-stub.js";
 import { EgressProxy } from "./egress-proxy.js";
 import { HostNetwork } from "./host-network.js";
 import { NameResolver } from "./name-resolver.js";
-import { HOST_HOP, TAP_DEVICE, readDropCounters, setExposedPorts, type DropCounters, type SandboxNetnsSpec } from "./netns.js";
+import { DROP_KINDS, HOST_HOP, TAP_DEVICE, noDrops, readDropCounters, setExposedPorts, type DropCounters, type SandboxNetnsSpec } from "./netns.js";
 import { loadOriginalDestination } from "./original-destination.js";
 import { applyPolicyChange, normalizeName } from "./policy.js";
 import { answerQuestion } from "./dns-answers.js";
@@ -177,15 +177,15 @@ export class NetworkService {
       policy: config.policy,
       tunnels: this.#sandbox(sandboxId).tunnelList(),
       exposed: [...(this.#exposures.get(sandboxId)?.values() ?? [])].map(({ stored }) => this.#exposedInfo(stored, null)),
-      dropped: dropped ?? this.#dropped.get(sandboxId) ?? { udp: 0, dns: 0, ipv6: 0, other: 0 },
+      dropped: dropped ?? this.#dropped.get(sandboxId) ?? noDrops(),
     };
   }
 
   async addTunnel(sandboxId: string, request: TunnelRequest): Promise<{ name: string; target: string; port: number }> {
     const config = this.#config(sandboxId);
-    const { host, port } = parseHostPort(request.target);
-    const literal = parseIPv4(host);
-    if (literal) {
+    const route = tunnelRoute(request);
+    const host = route.targetHost;
+    if (parseIPv4(host)) {
       const cls = classifyAddress(host, this.addressContext());
       if (isAlwaysBlocked(cls)) throw new NetworkRequestError(`tunnel target ${request.target} is ${cls}: sandboxes never reach it`);
     } else if (!normalizeName(host)) {
@@ -193,10 +193,10 @@ export class NetworkService {
     }
     const others = config.tunnels.filter((t) => t.name !== request.name);
     if (others.length >= NETWORK_LIMITS.maxTunnels) throw new NetworkRequestError(`at most ${NETWORK_LIMITS.maxTunnels} tunnels per sandbox`);
-    this.#sandbox(sandboxId).addTunnel({ name: request.name, target: request.target, targetHost: host, port });
+    this.#sandbox(sandboxId).addTunnel(route);
     config.tunnels = [...others, request];
     await this.#save(sandboxId);
-    return { name: request.name, target: request.target, port };
+    return { name: request.name, target: request.target, port: route.port };
   }
 
   async removeTunnel(sandboxId: string, name: string): Promise<boolean> {
@@ -265,8 +265,7 @@ export class NetworkService {
       }
       const sandbox = this.#sandbox(sandboxId);
       for (const tunnel of config.tunnels) {
-        const { host, port } = parseHostPort(tunnel.target);
-        sandbox.addTunnel({ name: tunnel.name, target: tunnel.target, targetHost: host, port });
+        sandbox.addTunnel(tunnelRoute(tunnel));
       }
       for (const stored of config.exposed) await this.#openExposure(sandboxId, stored).catch(() => {});
       await this.#applyExposedPorts(sandboxId).catch(() => {});
@@ -388,9 +387,9 @@ export class NetworkService {
       if (!sandbox || sandbox.events.subscribers === 0) continue;
       const now = await readDropCounters(spec.name).catch(() => undefined);
       if (!now) continue;
-      const before = this.#dropped.get(sandboxId) ?? { udp: 0, dns: 0, ipv6: 0, other: 0 };
+      const before = this.#dropped.get(sandboxId) ?? noDrops();
       this.#dropped.set(sandboxId, now);
-      for (const kind of ["udp", "dns", "ipv6", "other"] as const) {
+      for (const kind of DROP_KINDS) {
         const packets = now[kind] - before[kind];
         if (packets > 0) sandbox.events.record({ type: "network.dropped", time: Date.now(), sandboxId, kind, packets });
       }
@@ -406,6 +405,12 @@ export class NetworkService {
 
 function sha256(text: string): string {
   return createHash("sha256").update(text).digest("hex");
+}
+
+/** What the proxy needs of a tunnel request: its target split into host and port. */
+function tunnelRoute(request: TunnelRequest): { name: string; target: string; targetHost: string; port: number } {
+  const { host, port } = parseHostPort(request.target);
+  return { name: request.name, target: request.target, targetHost: host, port };
 }
 
 /** "host:port" with an IPv4 address or a name, and a port 1–65535. */
