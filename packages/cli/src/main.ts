@@ -2,6 +2,7 @@ import { Command } from "commander";
 import { registerVmCommands } from "./commands/vm.js";
 import { registerInfoCommand } from "./commands/info.js";
 import { registerKeysCommands } from "./commands/keys.js";
+import { registerTenantCommands } from "./commands/tenants.js";
 import { registerSandboxCommands } from "./commands/sandboxes.js";
 import { registerExecCommand } from "./commands/exec.js";
 import { registerShellCommand } from "./commands/shell.js";
@@ -36,6 +37,7 @@ registerNetworkCommands(program);
 registerVmCommands(program);
 registerInfoCommand(program);
 registerKeysCommands(program);
+registerTenantCommands(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -12,7 +12,7 @@ export const API_LIMITS = {
   maxMetadataEntries: 64,
   maxMetadataValueLength: 1024,
   maxCpus: 64,
-  maxMemoryMB: 1024 * 1024,
+  maxMemoryMB: 64 * 1024,
   maxTimeoutMs: 7 * 24 * 3600 * 1000,
   maxPageSize: 1000,
   maxCommandLength: 128 * 1024,
@@ -40,7 +40,9 @@ export const CreateSandboxRequestSchema = z
   .object({
     /** A template name, optionally with a version: "base" or "base@3". Default "base". */
     template: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,62}(@[0-9]{1,9})?$/, "template is name or name@version").default("base"),
+    /** vCPUs; rounded up to the next of SANDBOX_SHAPES.cpus. */
     cpu: z.number().int().min(1).max(API_LIMITS.maxCpus).optional(),
+    /** Guest RAM; rounded up to the next of SANDBOX_SHAPES.memoryMB. */
     memoryMB: z.number().int().min(128).max(API_LIMITS.maxMemoryMB).optional(),
     env: EnvSchema.optional(),
     metadata: MetadataSchema.optional(),
@@ -66,8 +68,61 @@ export const SandboxSchema = z.object({
   /** When the sandbox times out (ISO time), or null without a timeout. */
   timeoutAt: z.string().nullable(),
   onTimeout: z.enum(["kill", "pause"]),
+  /** What the create asked for, when it was rounded up to a shape (cpu and memoryMB above are what it got). */
+  requested: z.object({ cpu: z.number(), memoryMB: z.number() }).optional(),
 });
 export type ApiSandbox = z.infer<typeof SandboxSchema>;
+
+/**
+ * The VM shapes a host offers: a create's cpu and memoryMB are rounded up to the next step of each list. Each shape
+ * is a template snapshot of its own (a clone has its template's vCPUs and RAM), so a fixed list bounds how many of
+ * them one host can be made to boot and keep.
+ */
+export const SANDBOX_SHAPES = {
+  cpus: [1, 2, 4, 8, 16, 32, 64],
+  memoryMB: [256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536],
+} as const;
+
+/** A tenant's limits and what it uses of them now (`GET /v1/limits`). */
+export const TenantLimitsSchema = z.object({
+  /** Live (running or paused) sandboxes at once. */
+  maxSandboxes: z.number(),
+  /** vCPUs of one sandbox. */
+  maxCpus: z.number(),
+  /** RAM of one sandbox. */
+  maxMemoryMB: z.number(),
+  /** vCPUs of all live sandboxes together. */
+  maxTotalCpus: z.number(),
+  /** RAM of all live sandboxes together. */
+  maxTotalMemoryMB: z.number(),
+  /** Snapshots kept (not counting pauses). */
+  maxSnapshots: z.number(),
+  /** Bytes of all kept snapshots together (memory file + disk layer, as measured when each was taken). */
+  maxSnapshotBytes: z.number(),
+});
+export type ApiTenantLimits = z.infer<typeof TenantLimitsSchema>;
+export const TenantUsageSchema = z.object({
+  sandboxes: z.number(),
+  cpus: z.number(),
+  memoryMB: z.number(),
+  snapshots: z.number(),
+  snapshotBytes: z.number(),
+});
+export type ApiTenantUsage = z.infer<typeof TenantUsageSchema>;
+export const LimitsAnswerSchema = z.object({
+  tenant: z.string(),
+  limits: TenantLimitsSchema,
+  usage: TenantUsageSchema,
+  /** Per sandbox, the same for every tenant of this host. */
+  sandbox: z.object({
+    /** Size of a sandbox's root disk (what its guest sees and the most its disk layers can take on the host). */
+    diskBytes: z.number(),
+    /** The most of its serial console the host keeps. */
+    consoleLogBytes: z.number(),
+  }),
+  shapes: z.object({ cpus: z.array(z.number()), memoryMB: z.array(z.number()) }),
+});
+export type ApiLimitsAnswer = z.infer<typeof LimitsAnswerSchema>;
 
 export const ListSandboxesQuerySchema = z
   .object({
@@ -228,7 +283,12 @@ export const API_ERROR_CODES = {
 export type ApiErrorCode = keyof typeof API_ERROR_CODES;
 
 export const ErrorBodySchema = z.object({
-  error: z.object({ code: z.string(), message: z.string() }),
+  error: z.object({
+    code: z.string(),
+    message: z.string(),
+    /** For quota_exceeded: which limit, its value, what is used and what the request asked for. */
+    quota: z.object({ limit: z.string(), max: z.number(), used: z.number(), requested: z.number() }).optional(),
+  }),
 });
 export type ApiErrorBody = z.infer<typeof ErrorBodySchema>;
 

@@ -45,7 +45,7 @@ export function registerKeysCommands(program: Command): void {
     });
 }
 
-async function withStore<T>(use: (store: ControlStore) => Promise<T>): Promise<T> {
+export async function withStore<T>(use: (store: ControlStore) => Promise<T>): Promise<T> {
   const store = await ControlStore.openSqlite(controlDatabasePath());
   try {
     return await use(store);

@@ -4,6 +4,8 @@ import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { dataDir } from "../config.js";
 import { Kysely, SqliteDialect, sql, type Dialect } from "kysely";
+import type { ApiTenantLimits } from "@codecourier/protocol/api";
+import { TenantQuota } from "./tenant-quota.js";
 
 /**
  * The control plane's records: tenants, their API keys, which tenant owns which sandbox, and template names. Kept
@@ -17,6 +19,31 @@ export interface ControlTables {
     max_sandboxes: number;
     max_cpus: number;
     max_memory_mb: number;
+    max_total_cpus: number;
+    max_total_memory_mb: number;
+    max_snapshots: number;
+    max_snapshot_bytes: number;
+    created_at: number;
+  };
+  /** What each tenant uses now: the sum of its quota holds (control/tenant-quota.ts). */
+  tenant_usage: {
+    tenant_id: string;
+    sandboxes: number;
+    cpus: number;
+    memory_mb: number;
+    snapshots: number;
+    snapshot_bytes: number;
+  };
+  /** One per live sandbox or kept snapshot: what it takes from its tenant's limits. */
+  quota_holds: {
+    hold_id: string;
+    tenant_id: string;
+    subject_id: string | null;
+    sandboxes: number;
+    cpus: number;
+    memory_mb: number;
+    snapshots: number;
+    snapshot_bytes: number;
     created_at: number;
   };
   api_keys: {
@@ -52,6 +79,8 @@ export interface ControlTables {
     memory_mb: number;
     snapshot_id: string;
     created_at: number;
+    /** When a create last used this shape (templates of shapes nobody uses are collected). */
+    last_used_at: number;
   };
   snapshot_owners: {
     snapshot_id: string;
@@ -74,11 +103,8 @@ export interface Tenant {
   limits: TenantLimits;
 }
 
-export interface TenantLimits {
-  maxSandboxes: number;
-  maxCpus: number;
-  maxMemoryMB: number;
-}
+/** What one tenant may use; the API's view is TenantLimitsSchema (protocol/api.ts), which documents each field. */
+export type TenantLimits = ApiTenantLimits;
 
 export interface ApiKeyInfo {
   keyId: string;
@@ -88,8 +114,20 @@ export interface ApiKeyInfo {
   revokedAt: string | null;
 }
 
-/** Room for the front page's sample (4 vCPUs, 8192 MB); RAM is only used as the guest touches it. */
-export const DEFAULT_TENANT_LIMITS: TenantLimits = { maxSandboxes: 50, maxCpus: 8, maxMemoryMB: 16384 };
+/**
+ * Room for the front page's sample (4 vCPUs, 8192 MB) a few times over; RAM is only used as the guest touches it,
+ * but the totals bound what one tenant can make the host commit. Operators change them per tenant
+ * (`codecourier tenants limits`).
+ */
+export const DEFAULT_TENANT_LIMITS: TenantLimits = {
+  maxSandboxes: 20,
+  maxCpus: 8,
+  maxMemoryMB: 16384,
+  maxTotalCpus: 32,
+  maxTotalMemoryMB: 65536,
+  maxSnapshots: 20,
+  maxSnapshotBytes: 20 * 1024 ** 3,
+};
 
 /** The control plane's embedded database: its own file, so `codecourier keys` works while the server runs. */
 export function controlDatabasePath(): string {
@@ -109,6 +147,13 @@ export class InvalidTenantNameError extends Error {
   }
 }
 
+export class TenantNotFoundError extends Error {
+  constructor(name: string) {
+    super(`no tenant named ${JSON.stringify(name.slice(0, 80))} (tenants are made with their first key: \`codecourier keys create --tenant NAME\`)`);
+    this.name = "TenantNotFoundError";
+  }
+}
+
 export class KeyNotFoundError extends Error {
   constructor(key: string) {
     super(`no API key ${JSON.stringify(key.slice(0, 80))} (give its id, as listed by \`codecourier keys list\`)`);
@@ -120,7 +165,12 @@ const hashKey = (apiKey: string) => createHash("sha256").update(apiKey).digest("
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
 export class ControlStore {
-  private constructor(readonly db: Kysely<ControlTables>) {}
+  /** Tenants' usage of their limits, taken and given back atomically. */
+  readonly quota: TenantQuota;
+
+  private constructor(readonly db: Kysely<ControlTables>) {
+    this.quota = new TenantQuota(db);
+  }
 
   /** The embedded default: a SQLite file (WAL, so the CLI can manage keys while the server runs). */
   static async openSqlite(path: string): Promise<ControlStore> {
@@ -188,6 +238,7 @@ export class ControlStore {
       .addColumn("memory_mb", "integer", (c) => c.notNull())
       .addColumn("snapshot_id", "text", (c) => c.notNull())
       .addColumn("created_at", "bigint", (c) => c.notNull())
+      .addColumn("last_used_at", "bigint", (c) => c.notNull().defaultTo(0))
       .addPrimaryKeyConstraint("templates_pk", ["name", "version", "cpus", "memory_mb"])
       .execute();
     await schema
@@ -204,6 +255,37 @@ export class ControlStore {
       .addColumn("sandbox_id", "text", (c) => c.primaryKey())
       .addColumn("config", "text", (c) => c.notNull())
       .execute();
+    // Columns added after the first release: a data dir made by an older server gets them with their defaults.
+    await this.#addMissingColumns("tenants", [
+      ["max_total_cpus", "integer", DEFAULT_TENANT_LIMITS.maxTotalCpus],
+      ["max_total_memory_mb", "integer", DEFAULT_TENANT_LIMITS.maxTotalMemoryMB],
+      ["max_snapshots", "integer", DEFAULT_TENANT_LIMITS.maxSnapshots],
+      ["max_snapshot_bytes", "bigint", DEFAULT_TENANT_LIMITS.maxSnapshotBytes],
+    ]);
+    await this.#addMissingColumns("templates", [["last_used_at", "bigint", 0]]);
+    await TenantQuota.migrate(this.db);
+  }
+
+  async #addMissingColumns(table: keyof ControlTables, columns: Array<[string, "integer" | "bigint", number]>): Promise<void> {
+    const existing = (await this.db.introspection.getTables()).find((t) => t.name === table)?.columns.map((c) => c.name) ?? [];
+    for (const [name, type, defaultValue] of columns) {
+      if (existing.includes(name)) continue;
+      await this.db.schema.alterTable(table).addColumn(name, type, (c) => c.notNull().defaultTo(defaultValue)).execute();
+    }
+  }
+
+  /** Changes a tenant's limits (any subset). Usage above a lowered limit stays; new requests are refused. */
+  async setTenantLimits(name: string, limits: Partial<TenantLimits>): Promise<Tenant> {
+    const tenant = await this.tenantByName(name);
+    if (!tenant) throw new TenantNotFoundError(name);
+    const next = { ...tenant.limits, ...limits };
+    await this.db.updateTable("tenants").set(toLimitColumns(next)).where("id", "=", tenant.id).execute();
+    return (await this.tenantByName(name))!;
+  }
+
+  async listTenants(): Promise<Tenant[]> {
+    const rows = await this.db.selectFrom("tenants").selectAll().orderBy("name").execute();
+    return rows.map(toTenant);
   }
 
   async tenantByName(name: string): Promise<Tenant | undefined> {
@@ -224,9 +306,7 @@ export class ControlStore {
       .values({
         id: `ten_${randomBytes(8).toString("hex")}`,
         name,
-        max_sandboxes: limits.maxSandboxes,
-        max_cpus: limits.maxCpus,
-        max_memory_mb: limits.maxMemoryMB,
+        ...toLimitColumns(limits),
         created_at: Date.now(),
       })
       .onConflict((oc) => oc.column("name").doNothing())
@@ -290,7 +370,11 @@ export class ControlStore {
     return this.db.selectFrom("sandbox_owners").selectAll().where("tenant_id", "=", tenantId).where("sandbox_id", "=", sandboxId).executeTakeFirst();
   }
 
-  /** A tenant's sandboxes, newest first, `limit` after the cursor (created_at, sandbox_id of the last row seen). */
+  /** Who owns a sandbox (for the server's own bookkeeping, never for a tenant's request). */
+  async ownedSandboxAnyTenant(sandboxId: string): Promise<SandboxOwnerRow | undefined> {
+    return this.db.selectFrom("sandbox_owners").selectAll().where("sandbox_id", "=", sandboxId).executeTakeFirst();
+  }
+
   /** The tenant's sandboxes, newest first, after a cursor position; at most `limit` of them (default all). */
   async ownedSandboxes(tenantId: string, after?: { createdAt: number; sandboxId: string }, limit?: number): Promise<SandboxOwnerRow[]> {
     let query = this.db.selectFrom("sandbox_owners").selectAll().where("tenant_id", "=", tenantId);
@@ -364,9 +448,22 @@ export class ControlStore {
   async recordTemplate(name: string, version: number, cpus: number, memoryMB: number, snapshotId: string): Promise<void> {
     await this.db
       .insertInto("templates")
-      .values({ name, version, cpus, memory_mb: memoryMB, snapshot_id: snapshotId, created_at: Date.now() })
-      .onConflict((oc) => oc.columns(["name", "version", "cpus", "memory_mb"]).doUpdateSet({ snapshot_id: snapshotId }))
+      .values({ name, version, cpus, memory_mb: memoryMB, snapshot_id: snapshotId, created_at: Date.now(), last_used_at: Date.now() })
+      .onConflict((oc) => oc.columns(["name", "version", "cpus", "memory_mb"]).doUpdateSet({ snapshot_id: snapshotId, last_used_at: Date.now() }))
       .execute();
+  }
+
+  async markTemplateUsed(snapshotId: string, at = Date.now()): Promise<void> {
+    await this.db.updateTable("templates").set({ last_used_at: at }).where("snapshot_id", "=", snapshotId).execute();
+  }
+
+  /** Every template shape with when it was last used. */
+  async templateShapes(): Promise<Array<ControlTables["templates"]>> {
+    return this.db.selectFrom("templates").selectAll().execute();
+  }
+
+  async forgetTemplate(snapshotId: string): Promise<void> {
+    await this.db.deleteFrom("templates").where("snapshot_id", "=", snapshotId).execute();
   }
 }
 
@@ -374,6 +471,26 @@ function toTenant(row: ControlTables["tenants"]): Tenant {
   return {
     id: row.id,
     name: row.name,
-    limits: { maxSandboxes: Number(row.max_sandboxes), maxCpus: Number(row.max_cpus), maxMemoryMB: Number(row.max_memory_mb) },
+    limits: {
+      maxSandboxes: Number(row.max_sandboxes),
+      maxCpus: Number(row.max_cpus),
+      maxMemoryMB: Number(row.max_memory_mb),
+      maxTotalCpus: Number(row.max_total_cpus),
+      maxTotalMemoryMB: Number(row.max_total_memory_mb),
+      maxSnapshots: Number(row.max_snapshots),
+      maxSnapshotBytes: Number(row.max_snapshot_bytes),
+    },
+  };
+}
+
+function toLimitColumns(limits: TenantLimits) {
+  return {
+    max_sandboxes: limits.maxSandboxes,
+    max_cpus: limits.maxCpus,
+    max_memory_mb: limits.maxMemoryMB,
+    max_total_cpus: limits.maxTotalCpus,
+    max_total_memory_mb: limits.maxTotalMemoryMB,
+    max_snapshots: limits.maxSnapshots,
+    max_snapshot_bytes: limits.maxSnapshotBytes,
   };
 }

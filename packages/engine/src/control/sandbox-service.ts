@@ -14,7 +14,10 @@ import { SandboxNotFoundError } from "../sandboxes/errors.js";
 import { ApiError, notFound } from "../server/api-error.js";
 import type { ControlStore, SandboxOwnerRow, Tenant } from "./control-store.js";
 import { spawnErrorLine } from "./processes.js";
-import { TemplateCatalog } from "./template-catalog.js";
+import { DEFAULT_SHAPE, TemplateCatalog, type TemplateCatalogOptions } from "./template-catalog.js";
+import { roundShape, type Shape } from "./sandbox-shapes.js";
+import { QuotaExceededError, type QuotaAmounts } from "./tenant-quota.js";
+import { SANDBOX_SHAPES, type ApiLimitsAnswer } from "@codecourier/protocol/api";
 import type { NetworkService } from "../network/network-service.js";
 
 export interface SandboxServiceOptions {
@@ -24,7 +27,16 @@ export interface SandboxServiceOptions {
   timeoutSweepMs?: number;
   /** Sandbox networking; without it sandboxes have no network and the network routes answer 503. */
   network?: NetworkService;
+  /** Warm pools and collection of template shapes. */
+  templates?: TemplateCatalogOptions;
+  /** How often template shapes are swept and quota holds reconciled with what exists. Default 60 s. */
+  maintenanceMs?: number;
+  /** What GET /v1/limits reports per sandbox. */
+  sandboxLimits?: ApiLimitsAnswer["sandbox"];
 }
+
+/** A quota hold of a create that has not finished yet is taken as abandoned (server killed mid-create) after this. */
+const PENDING_HOLD_MAX_AGE_MS = 10 * 60_000;
 
 /** Where commands run and relative file paths point unless told otherwise: root's home in the base image. */
 export const SANDBOX_WORKDIR = "/root";
@@ -38,8 +50,6 @@ export interface CommandFields {
   user?: string;
   timeoutMs?: number;
 }
-const DEFAULT_CPUS = 1;
-const DEFAULT_MEMORY_MB = 512;
 const LIVE_STATES: ApiSandboxState[] = ["running", "paused"];
 /** Rows read from the control database at a time while filtering a list page. */
 const LIST_SCAN_BATCH = 500;
@@ -52,20 +62,76 @@ const LIST_SCAN_BATCH = 500;
 export class SandboxService {
   readonly templates: TemplateCatalog;
   readonly #sweeper: NodeJS.Timeout;
+  readonly #maintenance: NodeJS.Timeout;
   #sweeping = false;
+  #maintaining: Promise<void> | undefined;
 
   constructor(
     private readonly engine: SandboxEngine,
     private readonly store: ControlStore,
     private readonly options: SandboxServiceOptions,
   ) {
-    this.templates = new TemplateCatalog(engine, store);
+    this.templates = new TemplateCatalog(engine, store, options.templates);
+    // A sandbox that ends in any way (kill, crash, timeout, lost) gives its quota back.
+    engine.onSandboxEnded((sandboxId) => void this.store.quota.releaseSubject(sandboxId).catch(() => {}));
     this.#sweeper = setInterval(() => void this.sweepTimeouts(), options.timeoutSweepMs ?? 1000);
     this.#sweeper.unref();
+    this.#maintenance = setInterval(() => void this.maintain(), options.maintenanceMs ?? 60_000);
+    this.#maintenance.unref();
+    void this.maintain();
   }
 
   close(): void {
     clearInterval(this.#sweeper);
+    clearInterval(this.#maintenance);
+  }
+
+  /**
+   * Gives back quota held for sandboxes and snapshots that no longer exist (a crash between an end and its
+   * release, a server killed mid-create), takes it for live ones that have none (a data dir from before quota
+   * holds), and sweeps template shapes. One run at a time.
+   */
+  maintain(): Promise<void> {
+    this.#maintaining ??= (async () => {
+      try {
+        await this.#reconcileQuota();
+        await this.templates.sweep();
+      } catch (error) {
+        process.emitWarning(`maintenance: ${String(error)}`);
+      } finally {
+        this.#maintaining = undefined;
+      }
+    })();
+    return this.#maintaining;
+  }
+
+  async #reconcileQuota(): Promise<void> {
+    const now = Date.now();
+    const held = new Set<string>();
+    for (const hold of await this.store.quota.heldSubjects()) {
+      if (hold.subjectId === null) {
+        if (now - hold.createdAt > PENDING_HOLD_MAX_AGE_MS) await this.store.quota.release(hold.holdId);
+        continue;
+      }
+      held.add(hold.subjectId);
+      if (!this.#isLive(hold.subjectId) && !this.engine.hasSnapshot(hold.subjectId)) await this.store.quota.releaseSubject(hold.subjectId);
+    }
+    for (const info of this.engine.listSandboxes()) {
+      if (held.has(info.id) || !this.#isLive(info.id)) continue;
+      const row = await this.store.ownedSandboxAnyTenant(info.id);
+      if (row) await this.store.quota.adopt(row.tenant_id, info.id, { sandboxes: 1, cpus: Number(row.cpus), memoryMB: Number(row.memory_mb) });
+    }
+  }
+
+  /** The tenant's limits, what it uses of them, and the host's per-sandbox bounds. */
+  async limits(tenant: Tenant): Promise<ApiLimitsAnswer> {
+    return {
+      tenant: tenant.name,
+      limits: tenant.limits,
+      usage: await this.store.quota.usage(tenant.id),
+      sandbox: this.options.sandboxLimits ?? { diskBytes: 0, consoleLogBytes: 0 },
+      shapes: { cpus: [...SANDBOX_SHAPES.cpus], memoryMB: [...SANDBOX_SHAPES.memoryMB] },
+    };
   }
 
   async create(tenant: Tenant, body: unknown): Promise<ApiSandbox> {
@@ -74,20 +140,20 @@ export class SandboxService {
       throw new ApiError("bad_request", `this server serves region ${this.options.region}, not ${request.region}`);
     }
     const { name, version } = TemplateCatalog.resolveName(request.template);
-    const cpus = request.cpu ?? DEFAULT_CPUS;
-    const memoryMB = request.memoryMB ?? DEFAULT_MEMORY_MB;
-    const { limits } = tenant;
-    if (cpus > limits.maxCpus) throw new ApiError("quota_exceeded", `cpu ${cpus} is over this tenant's limit of ${limits.maxCpus}`);
-    if (memoryMB > limits.maxMemoryMB) {
-      throw new ApiError("quota_exceeded", `memoryMB ${memoryMB} is over this tenant's limit of ${limits.maxMemoryMB}`);
+    const requested: Shape = { cpus: request.cpu ?? DEFAULT_SHAPE.cpus, memoryMB: request.memoryMB ?? DEFAULT_SHAPE.memoryMB };
+    const { cpus, memoryMB } = roundShape(requested);
+    checkSandboxShape(tenant, { cpus, memoryMB });
+    // Taken before anything is made and given back if anything fails: parallel creates cannot pass the limits.
+    const hold = await this.store.quota.hold(tenant.id, tenant.limits, sandboxAmounts({ cpus, memoryMB }));
+    let sandbox: RunningSandbox;
+    try {
+      const snapshotId = await this.templates.snapshotFor(name, version, cpus, memoryMB);
+      sandbox = await this.engine.create(snapshotId);
+      await this.store.quota.attach(hold, sandbox.id);
+    } catch (error) {
+      await this.store.quota.release(hold);
+      throw error;
     }
-    const live = await this.#liveCount(tenant);
-    if (live >= limits.maxSandboxes) {
-      throw new ApiError("quota_exceeded", `this tenant already has ${live} sandboxes, its limit; kill some first`);
-    }
-
-    const snapshotId = await this.templates.snapshotFor(name, version, cpus, memoryMB);
-    const sandbox = await this.engine.create(snapshotId);
     const now = Date.now();
     const row: SandboxOwnerRow = {
       sandbox_id: sandbox.id,
@@ -106,11 +172,13 @@ export class SandboxService {
       await this.options.network?.configure(sandbox.id, request.network ?? TemplateCatalog.networkPolicy(name));
       await this.store.recordSandbox(row);
     } catch (error) {
-      // Nothing half-created: a sandbox nobody owns would run forever.
+      // Nothing half-created: a sandbox nobody owns would run forever (its end gives the quota back).
       await this.engine.kill(sandbox.id).catch(() => {});
+      await this.store.quota.release(hold);
       throw error;
     }
-    return this.#toApi(row);
+    const answer = this.#toApi(row);
+    return requested.cpus === cpus && requested.memoryMB === memoryMB ? answer : { ...answer, requested: { cpu: requested.cpus, memoryMB: requested.memoryMB } };
   }
 
   async get(tenant: Tenant, sandboxId: string): Promise<ApiSandbox> {
@@ -204,11 +272,25 @@ export class SandboxService {
     return this.#isLive(sandboxId);
   }
 
+  /**
+   * Snapshots the tenant's sandbox. The snapshot count is held before it is taken; its bytes are known only after,
+   * so they are added then, and a snapshot that would pass the byte limit is deleted again and refused.
+   */
   async snapshot(tenant: Tenant, sandboxId: string): Promise<{ snapshotId: string }> {
     await this.#owned(tenant, sandboxId);
-    const snapshot = await this.engine.snapshot(sandboxId);
-    await this.store.recordSnapshot(snapshot.id, tenant.id, sandboxId);
-    return { snapshotId: snapshot.id };
+    const hold = await this.store.quota.hold(tenant.id, tenant.limits, { snapshots: 1 });
+    let snapshotId: string | undefined;
+    try {
+      snapshotId = (await this.engine.snapshot(sandboxId)).id;
+      await this.store.quota.extend(hold, tenant.id, tenant.limits, { snapshotBytes: await this.engine.snapshotBytes(snapshotId) });
+      await this.store.quota.attach(hold, snapshotId);
+      await this.store.recordSnapshot(snapshotId, tenant.id, sandboxId);
+    } catch (error) {
+      if (snapshotId !== undefined) await this.engine.deleteSnapshot(snapshotId, { whileInUse: true }).catch(() => {});
+      await this.store.quota.release(hold);
+      throw error;
+    }
+    return { snapshotId };
   }
 
   async pause(tenant: Tenant, sandboxId: string): Promise<ApiSandbox> {
@@ -243,10 +325,20 @@ export class SandboxService {
       template = await this.#owned(tenant, sourceId);
       snapshotId = (await this.snapshot(tenant, sourceId)).snapshotId;
     }
-    if ((await this.#liveCount(tenant)) + count > tenant.limits.maxSandboxes) {
-      throw new ApiError("quota_exceeded", `forking ${count} would exceed this tenant's limit of ${tenant.limits.maxSandboxes} sandboxes`);
+    const shape = { cpus: Number(template.cpus), memoryMB: Number(template.memory_mb) };
+    // One hold per fork, all taken before any is made: a fork over the limits changes nothing.
+    const holds: string[] = [];
+    let forks: RunningSandbox[] = [];
+    try {
+      for (let i = 0; i < count; i++) holds.push(await this.store.quota.hold(tenant.id, tenant.limits, sandboxAmounts(shape)));
+      forks = await this.engine.fork(snapshotId, count);
+      for (const [i, sandbox] of forks.entries()) await this.store.quota.attach(holds[i]!, sandbox.id);
+    } catch (error) {
+      await Promise.all(forks.map((sandbox) => this.engine.kill(sandbox.id).catch(() => {})));
+      for (const hold of holds) await this.store.quota.release(hold);
+      if (error instanceof QuotaExceededError) throw new QuotaExceededError(`forking ${count}: ${error.message}`, error.breach);
+      throw error;
     }
-    const forks = await this.engine.fork(snapshotId, count);
     const now = Date.now();
     const rows = forks.map((sandbox): SandboxOwnerRow => ({ ...template, sandbox_id: sandbox.id, created_at: now, timeout_at: null, on_timeout: "kill" }));
     for (const row of rows) {
@@ -267,8 +359,10 @@ export class SandboxService {
   async deleteSnapshot(tenant: Tenant, snapshotId: string): Promise<void> {
     const row = await this.store.ownedSnapshot(tenant.id, snapshotId);
     if (!row || !this.engine.hasSnapshot(snapshotId)) throw notFound(`no snapshot ${snapshotId}`);
-    await this.engine.deleteSnapshot(snapshotId);
+    // Also while its source or forks of it run: their disks keep the layers they need (see the engine).
+    await this.engine.deleteSnapshot(snapshotId, { whileInUse: true });
     await this.store.forgetSnapshot(snapshotId);
+    await this.store.quota.releaseSubject(snapshotId);
   }
 
   /** Kills or pauses every sandbox past its timeout. Runs on a timer; one sweep at a time. */
@@ -299,10 +393,6 @@ export class SandboxService {
 
   #isLive(sandboxId: string): boolean {
     return LIVE_STATES.includes(this.#state(sandboxId));
-  }
-
-  async #liveCount(tenant: Tenant): Promise<number> {
-    return (await this.store.ownedSandboxes(tenant.id)).filter((row) => this.#isLive(row.sandbox_id)).length;
   }
 
   #requireLive(row: SandboxOwnerRow): void {
@@ -344,6 +434,26 @@ export class SandboxService {
       onTimeout: row.on_timeout,
     };
   }
+}
+
+/** Per-sandbox limits: checked before any quota is held. */
+function checkSandboxShape(tenant: Tenant, shape: Shape): void {
+  const { limits } = tenant;
+  if (shape.cpus > limits.maxCpus) {
+    throw new QuotaExceededError(`cpu ${shape.cpus} is over this tenant's limit of ${limits.maxCpus} per sandbox`, { limit: "maxCpus", max: limits.maxCpus, used: 0, requested: shape.cpus });
+  }
+  if (shape.memoryMB > limits.maxMemoryMB) {
+    throw new QuotaExceededError(`memoryMB ${shape.memoryMB} is over this tenant's limit of ${limits.maxMemoryMB} per sandbox`, {
+      limit: "maxMemoryMB",
+      max: limits.maxMemoryMB,
+      used: 0,
+      requested: shape.memoryMB,
+    });
+  }
+}
+
+function sandboxAmounts(shape: Shape): QuotaAmounts {
+  return { sandboxes: 1, cpus: shape.cpus, memoryMB: shape.memoryMB };
 }
 
 /**

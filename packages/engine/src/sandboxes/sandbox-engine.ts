@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readdir, rm } from "node:fs/promises";
+import { mkdir, readdir, rm, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import type { AgentClient } from "../agent-client/index.js";
 import type { IdentityRequest } from "@codecourier/protocol";
@@ -131,6 +131,7 @@ export class SandboxEngine {
   readonly #maxChainDepth: number;
   #idleTimer: NodeJS.Timeout | undefined;
   #closed = false;
+  readonly #endedListeners = new Set<(sandboxId: string) => void>();
 
   private constructor(
     readonly image: GuestImage,
@@ -317,9 +318,19 @@ export class SandboxEngine {
     );
   }
 
-  /** Deletes a template or snapshot; refused while a sandbox or another snapshot still builds on it. */
-  async deleteSnapshot(snapshotId: string): Promise<void> {
+  /**
+   * Deletes a template or snapshot; refused while a sandbox or another snapshot still builds on it, unless
+   * `whileInUse` (snapshots only): then the snapshot is gone at once (its memory file is unlinked — clones that map
+   * it keep their mapping — and it can no longer be restored), and its disk layer stays for as long as a sandbox's
+   * disk chain needs it (garbage collection frees it after).
+   */
+  async deleteSnapshot(snapshotId: string, options: { whileInUse?: boolean } = {}): Promise<void> {
     const snapshot = this.#requireSnapshot(snapshotId, ["template", "snapshot"]);
+    if (options.whileInUse && snapshot.kind === "snapshot") {
+      await this.#pool.drain(snapshotId);
+      await this.#gate.exclusive(() => this.#forgetSnapshot(snapshotId));
+      return;
+    }
     const inUse = () => {
       // Pool clones do not count: they are discarded with the snapshot.
       const users = this.#usersOfLayer(snapshot.layer_id, snapshotId, { ignorePooled: true });
@@ -345,6 +356,32 @@ export class SandboxEngine {
   warmPool(snapshotId: string): void {
     this.#requireSnapshot(snapshotId, ["template", "snapshot"]);
     this.#pool.ensure(snapshotId);
+  }
+
+  /** Stops keeping warm clones of this template and discards the ready ones. */
+  async stopWarmPool(snapshotId: string): Promise<void> {
+    await this.#pool.drain(snapshotId);
+  }
+
+  /** Whether a warm pool is kept for this template. */
+  hasWarmPool(snapshotId: string): boolean {
+    return this.#pool.keeps(snapshotId);
+  }
+
+  /** Calls `listener` with the id of every sandbox that ends for good (killed, crashed, lost, a pool clone discarded). */
+  onSandboxEnded(listener: (sandboxId: string) => void): void {
+    this.#endedListeners.add(listener);
+  }
+
+  /** Bytes a snapshot takes on the host disk (allocated blocks of its memory and device files and its disk layer). */
+  async snapshotBytes(snapshotId: string): Promise<number> {
+    const files = this.snapshotFiles(snapshotId);
+    let bytes = 0;
+    for (const path of [files.memory, files.deviceState, files.disk]) {
+      const info = await stat(path).catch(() => undefined);
+      if (info) bytes += info.blocks * 512;
+    }
+    return bytes;
   }
 
   /** Resolves when every pool has its target number of clones (for benchmarks and tests). */
@@ -613,6 +650,13 @@ export class SandboxEngine {
 
   /** Tells the network a sandbox ended for good; a failure there is reported, not the caller's problem. */
   async #ended(sandboxId: string): Promise<void> {
+    for (const listener of this.#endedListeners) {
+      try {
+        listener(sandboxId);
+      } catch (error) {
+        process.emitWarning(`sandbox ${sandboxId}: an end listener failed: ${String(error)}`);
+      }
+    }
     await this.options.network?.ended(sandboxId).catch((error: unknown) => process.emitWarning(`sandbox ${sandboxId}: network clean-up failed: ${String(error)}`));
   }
 

@@ -31,6 +31,11 @@ export class WarmPool {
     this.#refill(snapshotId);
   }
 
+  /** Whether clones of this snapshot are being kept. */
+  keeps(snapshotId: string): boolean {
+    return this.#wanted.has(snapshotId);
+  }
+
   /** A ready clone's sandbox id, or undefined when none is ready. Starts a refill. */
   take(snapshotId: string): string | undefined {
     const id = this.#ready.get(snapshotId)?.shift();

@@ -3,6 +3,7 @@ import { ZodError } from "zod";
 import { NetworkRequestError } from "../network/network-service.js";
 import { PolicyError } from "../network/policy.js";
 import { AgentError } from "../agent-client/errors.js";
+import { QuotaExceededError, type QuotaBreach } from "../control/tenant-quota.js";
 import {
   InvalidRequestError,
   SandboxError,
@@ -19,10 +20,17 @@ export class ApiError extends Error {
   constructor(
     readonly code: ApiErrorCode,
     message: string,
+    /** For quota_exceeded: the limit, as the error body's `quota`. */
+    readonly quota?: QuotaBreach,
   ) {
     super(message);
     this.name = "ApiError";
     this.status = API_ERROR_CODES[code];
+  }
+
+  /** The answer's body. */
+  body(): { error: { code: ApiErrorCode; message: string; quota?: QuotaBreach } } {
+    return { error: { code: this.code, message: this.message, ...(this.quota ? { quota: this.quota } : {}) } };
   }
 }
 
@@ -34,6 +42,7 @@ export const notFound = (what: string) => new ApiError("not_found", what);
  */
 export function toApiError(error: unknown): { apiError: ApiError; unexpected: boolean } {
   if (error instanceof ApiError) return { apiError: error, unexpected: false };
+  if (error instanceof QuotaExceededError) return { apiError: new ApiError("quota_exceeded", error.message, error.breach), unexpected: false };
   if (error instanceof ZodError) {
     const issues = error.issues.map((issue) => `${issue.path.join(".") || "body"}: ${issue.message}`).join("; ");
     return { apiError: new ApiError("bad_request", issues), unexpected: false };

@@ -50,7 +50,7 @@ export function buildApp(context: AppContext): FastifyInstance {
   app.setErrorHandler((error, _request, reply) => {
     const { apiError, unexpected } = toApiError(error);
     if (unexpected) context.logError?.(`unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
-    void reply.code(apiError.status).send({ error: { code: apiError.code, message: apiError.message } });
+    void reply.code(apiError.status).send(apiError.body());
   });
   app.setNotFoundHandler((request, reply) => {
     void reply.code(404).send({ error: { code: "not_found", message: `no route ${request.method} ${request.url.split("?")[0]}` } });

@@ -8,6 +8,9 @@ import { chooseAccelerator } from "../vmm/accel.js";
 import { hostCgroups } from "../vmm/cgroups/host-cgroups.js";
 import { buildApp } from "./app.js";
 import { NetworkService } from "../network/network-service.js";
+import type { TemplateCatalogOptions } from "../control/template-catalog.js";
+import { CONSOLE_LOG_MAX_BYTES } from "../vmm/console-log.js";
+import { virtualDiskBytes } from "../storage/disk-layers.js";
 
 /**
  * Sandbox networking needs root (namespaces, nftables). Without it the server still runs, with sandboxes that have
@@ -24,6 +27,18 @@ async function openNetwork(store: ControlStore): Promise<{ network?: NetworkServ
 }
 
 const log = (line: string) => process.stderr.write(`${line}\n`);
+
+/** Operators tune how many template shapes keep warm pools, and when idle ones stop (env, in ms). */
+function templateCatalogOptions(): TemplateCatalogOptions {
+  const number = (name: string) => {
+    const text = process.env[name];
+    if (text === undefined) return undefined;
+    const value = Number(text);
+    if (!Number.isInteger(value) || value < 0) throw new Error(`${name} must be a whole number, got ${text}`);
+    return value;
+  };
+  return { maxPooledShapes: number("CODECOURIER_POOLED_SHAPES"), poolIdleMs: number("CODECOURIER_POOL_IDLE_MS"), templateIdleMs: number("CODECOURIER_TEMPLATE_IDLE_MS") };
+}
 const region = process.env.CODECOURIER_REGION ?? "local";
 const poolSize = Number(process.env.CODECOURIER_POOL_SIZE ?? "1");
 if (!Number.isInteger(poolSize) || poolSize < 0 || poolSize > 64) throw new Error(`CODECOURIER_POOL_SIZE must be 0..64, got ${process.env.CODECOURIER_POOL_SIZE}`);
@@ -34,7 +49,12 @@ const store = await ControlStore.openSqlite(controlDatabasePath());
 const { network, networkUnavailable } = await openNetwork(store);
 const engine = await SandboxEngine.open({ image, accel: accel.accel, poolSize, network: network?.hooks });
 await network?.restore(new Set(engine.listSandboxes().filter((s) => s.state === "running" || s.state === "paused").map((s) => s.id)));
-const sandboxes = new SandboxService(engine, store, { region, network });
+const sandboxes = new SandboxService(engine, store, {
+  region,
+  network,
+  templates: templateCatalogOptions(),
+  sandboxLimits: { diskBytes: await virtualDiskBytes(image.rootDiskPath), consoleLogBytes: CONSOLE_LOG_MAX_BYTES },
+});
 const app = buildApp({ accel, image, region, store, sandboxes, network, networkUnavailable, logError: log });
 const port = serverPort();
 await app.listen({ host: "127.0.0.1", port });

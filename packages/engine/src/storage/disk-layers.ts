@@ -86,10 +86,15 @@ export class DiskLayers {
   async #virtualSize(basePath: string): Promise<number> {
     let size = this.#virtualSizes.get(basePath);
     if (size === undefined) {
-      const info = JSON.parse((await runTool("qemu-img", ["info", "-U", "--output=json", basePath])).toString()) as { "virtual-size": number };
-      size = info["virtual-size"];
+      size = await virtualDiskBytes(basePath);
       this.#virtualSizes.set(basePath, size);
     }
     return size;
   }
+}
+
+/** A disk image's virtual size: what the guest sees, and the most its qcow2 layers can grow to on the host. */
+export async function virtualDiskBytes(path: string): Promise<number> {
+  const info = JSON.parse((await runTool("qemu-img", ["info", "-U", "--output=json", path])).toString()) as { "virtual-size": number };
+  return info["virtual-size"];
 }

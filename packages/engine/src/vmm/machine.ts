@@ -116,8 +116,11 @@ export function qemuArgs(spec: MachineSpec): string[] {
     spec.initramfsPath,
     "-append",
     kernelCommandLine(spec.accel, spec.extraKernelArgs),
+    // append=on: the host cuts the file down while QEMU writes to it (vmm/console-log.ts).
+    "-chardev",
+    `file,id=console,path=${spec.consoleLog},append=on`,
     "-serial",
-    `file:${spec.consoleLog}`,
+    "chardev:console",
   ];
   if (spec.accel === "kvm") {
     // -arch-capabilities: on AMD hosts KVM refuses the MSR ("failed to set MSR 0x10a").

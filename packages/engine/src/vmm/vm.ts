@@ -7,6 +7,7 @@ import { connect as connectSocket } from "node:net";
 import { setPriority } from "node:os";
 import { join } from "node:path";
 import { dataDir } from "../config.js";
+import { boundConsoleLog, pruneKeptConsoleLogs, releaseConsoleLog } from "./console-log.js";
 import type { GuestImage } from "../images/guest-image.js";
 import { AgentClient, AgentDisconnectedError, AgentProtocolError } from "../agent-client/index.js";
 import { runTool } from "../util/run-tool.js";
@@ -162,6 +163,7 @@ export class Vm extends EventEmitter {
     private readonly process: QemuProcess,
   ) {
     super();
+    boundConsoleLog(this.consoleLog);
     this.#exit = process.exited.then(() => undefined);
     void process.exited.then(({ code, signal }) => this.#onExit(code, signal));
   }
@@ -544,11 +546,13 @@ export class Vm extends EventEmitter {
     untrackVm(this.id);
     await this.#agent?.close().catch(() => {});
     this.#qmp?.close();
+    releaseConsoleLog(this.consoleLog);
     let kept: string | undefined;
     if (failed && existsSync(this.consoleLog)) {
       await mkdir(logsDir(), { recursive: true });
       kept = join(logsDir(), `${this.id}-console.log`);
       await copyFile(this.consoleLog, kept).catch(() => (kept = undefined));
+      await pruneKeptConsoleLogs(logsDir());
     }
     await rm(this.runDir, { recursive: true, force: true });
     return kept;

@@ -1,6 +1,7 @@
 import {
   CommandResultSchema,
   CreateSandboxRequestSchema,
+  LimitsAnswerSchema,
   ForkRequestSchema,
   RunCommandRequestSchema,
   SandboxListSchema,
@@ -40,6 +41,7 @@ export function sandboxRoutes(sandboxes: SandboxService): RouteSpec[] {
       status: 201,
       handler: async (t, r) => ({ sandboxes: await sandboxes.fork(t, params(r).sandboxId!, ForkRequestSchema.parse(r.body ?? {}).count) }),
     },
+    { method: "GET", url: "/v1/limits", summary: "This tenant's limits and what it uses of them", response: LimitsAnswerSchema, handler: (t) => sandboxes.limits(t) },
     { method: "GET", url: "/v1/snapshots", summary: "List snapshots", handler: async (t) => ({ snapshots: await sandboxes.listSnapshots(t) }) },
     { method: "DELETE", url: "/v1/snapshots/:snapshotId", summary: "Delete a snapshot", status: 204, handler: (t, r) => sandboxes.deleteSnapshot(t, params(r).snapshotId!) },
   ];
