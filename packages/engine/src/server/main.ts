@@ -30,14 +30,19 @@ const log = (line: string) => process.stderr.write(`${line}\n`);
 
 /** Operators tune how many template shapes keep warm pools, and when idle ones stop (env, in ms). */
 function templateCatalogOptions(): TemplateCatalogOptions {
-  const number = (name: string) => {
-    const text = process.env[name];
-    if (text === undefined) return undefined;
-    const value = Number(text);
-    if (!Number.isInteger(value) || value < 0) throw new Error(`${name} must be a whole number, got ${text}`);
-    return value;
+  return {
+    maxPooledShapes: envWholeNumber("CODECOURIER_POOLED_SHAPES"),
+    poolIdleMs: envWholeNumber("CODECOURIER_POOL_IDLE_MS"),
+    templateIdleMs: envWholeNumber("CODECOURIER_TEMPLATE_IDLE_MS"),
   };
-  return { maxPooledShapes: number("CODECOURIER_POOLED_SHAPES"), poolIdleMs: number("CODECOURIER_POOL_IDLE_MS"), templateIdleMs: number("CODECOURIER_TEMPLATE_IDLE_MS") };
+}
+
+function envWholeNumber(name: string): number | undefined {
+  const text = process.env[name];
+  if (text === undefined) return undefined;
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < 0) throw new Error(`${name} must be a whole number, got ${text}`);
+  return value;
 }
 const region = process.env.CODECOURIER_REGION ?? "local";
 const poolSize = Number(process.env.CODECOURIER_POOL_SIZE ?? "1");
@@ -53,6 +58,7 @@ const sandboxes = new SandboxService(engine, store, {
   region,
   network,
   templates: templateCatalogOptions(),
+  maintenanceMs: envWholeNumber("CODECOURIER_MAINTENANCE_MS"),
   sandboxLimits: { diskBytes: await virtualDiskBytes(image.rootDiskPath), consoleLogBytes: CONSOLE_LOG_MAX_BYTES },
 });
 const app = buildApp({ accel, image, region, store, sandboxes, network, networkUnavailable, logError: log });
