@@ -14,6 +14,7 @@ import { SandboxNotFoundError } from "../sandboxes/errors.js";
 import { ApiError, notFound } from "../server/api-error.js";
 import type { ControlStore, SandboxOwnerRow, Tenant } from "./control-store.js";
 import { spawnErrorLine } from "./processes.js";
+import { SandboxEnv } from "./sandbox-env.js";
 import { DEFAULT_SHAPE, TemplateCatalog, type TemplateCatalogOptions } from "./template-catalog.js";
 import { roundShape, type Shape } from "./sandbox-shapes.js";
 import { QuotaExceededError, type QuotaAmounts } from "./tenant-quota.js";
@@ -61,6 +62,7 @@ const LIST_SCAN_BATCH = 500;
  */
 export class SandboxService {
   readonly templates: TemplateCatalog;
+  readonly #env = new SandboxEnv();
   readonly #sweeper: NodeJS.Timeout;
   readonly #maintenance: NodeJS.Timeout;
   #sweeping = false;
@@ -73,7 +75,10 @@ export class SandboxService {
   ) {
     this.templates = new TemplateCatalog(engine, store, options.templates);
     // A sandbox that ends in any way (kill, crash, timeout, lost) gives its quota back.
-    engine.onSandboxEnded((sandboxId) => void this.store.quota.releaseSubject(sandboxId).catch(() => {}));
+    engine.onSandboxEnded((sandboxId) => {
+      this.#env.forget(sandboxId);
+      void this.store.quota.releaseSubject(sandboxId).catch(() => {});
+    });
     this.#sweeper = setInterval(() => void this.sweepTimeouts(), options.timeoutSweepMs ?? 1000);
     this.#sweeper.unref();
     this.#maintenance = setInterval(() => void this.maintain(), options.maintenanceMs ?? 60_000);
@@ -160,7 +165,8 @@ export class SandboxService {
       tenant_id: tenant.id,
       template: `${name}@${version}`,
       metadata: JSON.stringify(request.metadata ?? {}),
-      env: JSON.stringify(request.env ?? {}),
+      // The values live in the guest only (control/sandbox-env.ts); old rows may still hold some.
+      env: "{}",
       region: this.options.region,
       cpus,
       memory_mb: memoryMB,
@@ -169,6 +175,7 @@ export class SandboxService {
       on_timeout: request.onTimeout,
     };
     try {
+      await this.#env.give(sandbox.id, sandbox.agent, request.env ?? {});
       await this.options.network?.configure(sandbox.id, request.network ?? TemplateCatalog.networkPolicy(name));
       await this.store.recordSandbox(row);
     } catch (error) {
@@ -255,7 +262,7 @@ export class SandboxService {
     const spec: ExecSpec = {
       ...(request.argv ? { argv: request.argv } : { shell: request.cmd }),
       cwd: request.cwd === undefined ? SANDBOX_WORKDIR : resolveInSandbox(request.cwd),
-      env: { ...(JSON.parse(row.env) as Record<string, string>), ...request.env },
+      env: { ...(JSON.parse(row.env) as Record<string, string>), ...(await this.#env.of(row.sandbox_id, running.agent)), ...request.env },
       user: request.user,
       timeoutMs: request.timeoutMs,
     };
@@ -342,8 +349,9 @@ export class SandboxService {
     const now = Date.now();
     const rows = forks.map((sandbox): SandboxOwnerRow => ({ ...template, sandbox_id: sandbox.id, created_at: now, timeout_at: null, on_timeout: "kill" }));
     for (const row of rows) {
-      // A fork has its source's policy and tunnels (not its exposed ports: those are the source's URLs).
+      // A fork has its source's policy and tunnels (not its exposed ports: those are the source's URLs), and env.
       await this.options.network?.copyConfiguration(template.sandbox_id, row.sandbox_id);
+      this.#env.copy(template.sandbox_id, row.sandbox_id);
       await this.store.recordSandbox(row);
     }
     return rows.map((row) => this.#toApi(row));
