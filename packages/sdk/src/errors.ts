@@ -87,9 +87,22 @@ export class SandboxGoneError extends NotFoundError {
 /** Over one of the tenant's limits (sandboxes, CPUs, memory). The server may send it as 403 or 429. */
 export class QuotaError extends CodeCourierError {
   override name = "QuotaError";
-  constructor(message: string, options: CodeCourierErrorOptions = {}) {
+  constructor(
+    message: string,
+    options: CodeCourierErrorOptions = {},
+    /** Which limit was hit, when the server says (`getLimits()` shows them all). */
+    readonly quota?: QuotaBreach,
+  ) {
     super(message, withDefaults(options, 429, "quota_exceeded"));
   }
+}
+
+/** The limit a refused request would have passed: its name, its value, what is used and what was asked. */
+export interface QuotaBreach {
+  limit: string;
+  max: number;
+  used: number;
+  requested: number;
 }
 
 /** The operation does not fit the sandbox's or snapshot's current state (e.g. resume of a running sandbox). */
@@ -191,10 +204,12 @@ function codeForStatus(status: number | undefined): string | undefined {
 }
 
 /** The `{ error: { code, message } }` body, or undefined when the answer is something else (a proxy's page). */
-function parseErrorBody(text: string): { code: string; message: string } | undefined {
+function parseErrorBody(text: string): { code: string; message: string; quota?: QuotaBreach } | undefined {
   try {
-    const error = (JSON.parse(text) as { error?: { code?: unknown; message?: unknown } } | null)?.error;
-    if (typeof error?.code === "string" && typeof error.message === "string") return { code: error.code, message: error.message };
+    const error = (JSON.parse(text) as { error?: { code?: unknown; message?: unknown; quota?: unknown } } | null)?.error;
+    if (typeof error?.code === "string" && typeof error.message === "string") {
+      return { code: error.code, message: error.message, quota: isQuotaBreach(error.quota) ? error.quota : undefined };
+    }
   } catch {
     // Not JSON: handled by the caller from the status alone.
   }
@@ -222,7 +237,7 @@ export function errorFromResponse(status: number, bodyText: string): CodeCourier
       // Servers before the sandbox_gone code said so only in the message.
       return /is no longer running/.test(message) ? new SandboxGoneError(message, options) : new NotFoundError(message, options);
     case "quota_exceeded":
-      return new QuotaError(message, options);
+      return new QuotaError(message, options, body?.quota);
     case "conflict":
       return new ConflictError(message, options);
     case "bad_request":
@@ -231,4 +246,9 @@ export function errorFromResponse(status: number, bodyText: string): CodeCourier
     default:
       return new CodeCourierError(message, options);
   }
+}
+
+function isQuotaBreach(value: unknown): value is QuotaBreach {
+  const v = value as Partial<QuotaBreach> | null;
+  return typeof v === "object" && v !== null && typeof v.limit === "string" && [v.max, v.used, v.requested].every((n) => typeof n === "number");
 }

@@ -15,6 +15,7 @@ export {
   NotFoundError,
   NotSupportedError,
   QuotaError,
+  type QuotaBreach,
   SandboxGoneError,
   TimeoutError,
   type CodeCourierErrorCode,
@@ -67,3 +68,4 @@ export type { SyncOptions, SyncResult } from "./sync.js";
 export { SandboxFiles, type DirEntry, type FileData, type FileStat, type ReadOptions, type WriteOptions } from "./files.js";
 export type { FileWatch, WatchEvent, WatchOptions } from "./watch.js";
 export { deleteSnapshot, listSnapshots, type SnapshotInfo } from "./snapshots.js";
+export { getLimits, type TenantLimits } from "./limits.js";

@@ -98,6 +98,11 @@ describe("hostile tenants: quota, shapes, snapshots, console (real server, real 
     assert.equal(third.body.error.quota.limit, "maxTotalCpus");
     const limits = await limitsOf(key);
     assert.deepEqual([limits.limits.maxTotalMemoryMB, limits.usage.memoryMB, limits.usage.cpus], [1024, 1024, 2]);
+    // The SDK reports the same: the limit in QuotaError.quota, the usage from getLimits().
+    const sdk = await import("@codecourier/sdk");
+    const connection = { url: server.url, apiKey: key };
+    await assert.rejects(sdk.createSandbox(connection), (error: unknown) => error instanceof sdk.QuotaError && error.quota?.limit === "maxTotalCpus");
+    assert.equal((await sdk.getLimits(connection)).usage.sandboxes, 2);
     await killAll(key);
   });
 
