@@ -13,6 +13,7 @@ export const API_LIMITS = {
   maxMetadataValueLength: 1024,
   maxCpus: 64,
   maxMemoryMB: 64 * 1024,
+  maxDiskMB: 1024 * 1024,
   maxTimeoutMs: 7 * 24 * 3600 * 1000,
   maxPageSize: 1000,
   maxCommandLength: 128 * 1024,
@@ -44,6 +45,11 @@ export const CreateSandboxRequestSchema = z
     cpu: z.number().int().min(1).max(API_LIMITS.maxCpus).optional(),
     /** Guest RAM; rounded up to the next of SANDBOX_SHAPES.memoryMB. */
     memoryMB: z.number().int().min(128).max(API_LIMITS.maxMemoryMB).optional(),
+    /**
+     * Root disk size: what the guest's / can hold and the most its disk layers can take on the host. Default and
+     * minimum: the template's; rounded up to whole GiB (1024 MB); grown in the guest at create.
+     */
+    diskMB: z.number().int().min(1).max(API_LIMITS.maxDiskMB).optional(),
     env: EnvSchema.optional(),
     metadata: MetadataSchema.optional(),
     /** The sandbox ends (or pauses, see onTimeout) this long after creation unless extended. */
@@ -62,6 +68,7 @@ export const SandboxSchema = z.object({
   state: SandboxStateSchema,
   cpu: z.number(),
   memoryMB: z.number(),
+  diskMB: z.number(),
   metadata: z.record(z.string(), z.string()),
   region: z.string(),
   createdAt: z.string(),
@@ -69,7 +76,7 @@ export const SandboxSchema = z.object({
   timeoutAt: z.string().nullable(),
   onTimeout: z.enum(["kill", "pause"]),
   /** What the create asked for, when it was rounded up to a shape (cpu and memoryMB above are what it got). */
-  requested: z.object({ cpu: z.number(), memoryMB: z.number() }).optional(),
+  requested: z.object({ cpu: z.number(), memoryMB: z.number(), diskMB: z.number().optional() }).optional(),
 });
 export type ApiSandbox = z.infer<typeof SandboxSchema>;
 
@@ -95,6 +102,10 @@ export const TenantLimitsSchema = z.object({
   maxTotalCpus: z.number(),
   /** RAM of all live sandboxes together. */
   maxTotalMemoryMB: z.number(),
+  /** Root disk of one sandbox. */
+  maxDiskMB: z.number(),
+  /** Root disks of all live sandboxes together (each counted at its full size: what it may take on the host). */
+  maxTotalDiskMB: z.number(),
   /** Snapshots kept (not counting pauses). */
   maxSnapshots: z.number(),
   /** Bytes of all kept snapshots together (memory file + disk layer, as measured when each was taken). */
@@ -105,6 +116,7 @@ export const TenantUsageSchema = z.object({
   sandboxes: z.number(),
   cpus: z.number(),
   memoryMB: z.number(),
+  diskMB: z.number(),
   snapshots: z.number(),
   snapshotBytes: z.number(),
 });
@@ -115,8 +127,8 @@ export const LimitsAnswerSchema = z.object({
   usage: TenantUsageSchema,
   /** Per sandbox, the same for every tenant of this host. */
   sandbox: z.object({
-    /** Size of a sandbox's root disk (what its guest sees and the most its disk layers can take on the host). */
-    diskBytes: z.number(),
+    /** Size of a sandbox's root disk unless it asks for more (its template's). */
+    defaultDiskMB: z.number(),
     /** The most of its serial console the host keeps. */
     consoleLogBytes: z.number(),
   }),

@@ -35,6 +35,7 @@ const sandboxJson = (sandboxId: string) => ({
   state: "running",
   cpu: 1,
   memoryMB: 512,
+  diskMB: 4096,
   metadata: {},
   region: "local",
   createdAt: new Date(0).toISOString(),

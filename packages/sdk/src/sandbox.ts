@@ -18,7 +18,7 @@ export type SandboxInfo = ApiSandbox;
 export type SandboxState = ApiSandboxState;
 export type CommandResult = ApiCommandResult;
 
-/** The create request (template, cpu, memoryMB, env, metadata, timeoutMs, onTimeout, region) and where to send it. */
+/** The create request (template, cpu, memoryMB, diskMB, env, metadata, timeoutMs, onTimeout, region) and where to send it. */
 export type CreateSandboxOptions = CreateSandboxRequest & ConnectionOptions & RequestOptions;
 
 export type RunCommandOptions = Omit<RunCommandRequest, "cmd" | "argv"> &

@@ -9,6 +9,7 @@ interface CreateFlags extends ConnectionFlags {
   template?: string;
   cpu?: number;
   memory?: number;
+  disk?: number;
   env?: Record<string, string>;
   metadata?: Record<string, string>;
   timeout?: number;
@@ -34,7 +35,8 @@ export function registerSandboxCommands(program: Command): void {
     .description("Create a sandbox and print its id")
     .option("--template <name>", "template, name or name@version (default: base)")
     .option("--cpu <N>", "virtual CPUs", parsePositiveInt("cpu"))
-    .option("--memory <MB>", "memory in MB", parsePositiveInt("memory"))
+    .option("--memory <MB>", "memory in MB (rounded up to a power of two)", parsePositiveInt("memory"))
+    .option("--disk <MB>", "root disk in MB (default and minimum: the template's; rounded up to whole GiB)", parsePositiveInt("disk"))
     .option("-e, --env <KEY=VALUE...>", "environment variables of every command in the sandbox", collectKeyValues("env"))
     .option("--metadata <KEY=VALUE...>", "metadata, to find the sandbox by (`ls --metadata`)", collectKeyValues("metadata"))
     .option("--timeout <ms>", "end (or pause, see --on-timeout) the sandbox this long after creation", parsePositiveInt("timeout"))
@@ -52,6 +54,7 @@ export function registerSandboxCommands(program: Command): void {
           template: flags.template,
           cpu: flags.cpu,
           memoryMB: flags.memory,
+          diskMB: flags.disk,
           env: flags.env,
           metadata: flags.metadata,
           timeoutMs: flags.timeout,

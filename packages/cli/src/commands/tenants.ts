@@ -10,6 +10,8 @@ const LIMIT_OPTIONS: Array<{ flag: string; limit: keyof TenantLimits; bytes?: bo
   { flag: "max-memory-mb", limit: "maxMemoryMB", help: "MB of RAM of one sandbox" },
   { flag: "max-total-cpus", limit: "maxTotalCpus", help: "vCPUs of all live sandboxes" },
   { flag: "max-total-memory-mb", limit: "maxTotalMemoryMB", help: "MB of RAM of all live sandboxes" },
+  { flag: "max-disk-mb", limit: "maxDiskMB", help: "MB of root disk of one sandbox" },
+  { flag: "max-total-disk-mb", limit: "maxTotalDiskMB", help: "MB of root disk of all live sandboxes" },
   { flag: "max-snapshots", limit: "maxSnapshots", help: "snapshots kept" },
   { flag: "max-snapshot-bytes", limit: "maxSnapshotBytes", bytes: true, help: "bytes of all snapshots (e.g. 20G)" },
 ];

@@ -50,7 +50,7 @@ describe("ControlStore (SQLite)", () => {
     const a = (await store.ensureTenant("team-a")).id;
     const b = (await store.ensureTenant("team-b")).id;
     const row = (id: string, tenant: string, createdAt: number): SandboxOwnerRow => ({
-      sandbox_id: id, tenant_id: tenant, template: "base@1", metadata: "{}", env: "{}", region: "r", cpus: 1, memory_mb: 512,
+      sandbox_id: id, tenant_id: tenant, template: "base@1", metadata: "{}", env: "{}", region: "r", cpus: 1, memory_mb: 512, disk_mb: 4096,
       created_at: createdAt, timeout_at: null, on_timeout: "kill",
     });
     await store.recordSandbox(row("sb-1", a, 1000));

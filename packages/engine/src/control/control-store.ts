@@ -21,6 +21,8 @@ export interface ControlTables {
     max_memory_mb: number;
     max_total_cpus: number;
     max_total_memory_mb: number;
+    max_disk_mb: number;
+    max_total_disk_mb: number;
     max_snapshots: number;
     max_snapshot_bytes: number;
     created_at: number;
@@ -31,6 +33,7 @@ export interface ControlTables {
     sandboxes: number;
     cpus: number;
     memory_mb: number;
+    disk_mb: number;
     snapshots: number;
     snapshot_bytes: number;
   };
@@ -42,6 +45,7 @@ export interface ControlTables {
     sandboxes: number;
     cpus: number;
     memory_mb: number;
+    disk_mb: number;
     snapshots: number;
     snapshot_bytes: number;
     created_at: number;
@@ -67,6 +71,8 @@ export interface ControlTables {
     region: string;
     cpus: number;
     memory_mb: number;
+    /** Root disk size; 0 in rows from before disks were settable (the template's size). */
+    disk_mb: number;
     created_at: number;
     timeout_at: number | null;
     on_timeout: "kill" | "pause";
@@ -125,6 +131,8 @@ export const DEFAULT_TENANT_LIMITS: TenantLimits = {
   maxMemoryMB: 16384,
   maxTotalCpus: 32,
   maxTotalMemoryMB: 65536,
+  maxDiskMB: 32768,
+  maxTotalDiskMB: 131072,
   maxSnapshots: 20,
   maxSnapshotBytes: 20 * 1024 ** 3,
 };
@@ -224,6 +232,7 @@ export class ControlStore {
       .addColumn("region", "text", (c) => c.notNull())
       .addColumn("cpus", "integer", (c) => c.notNull())
       .addColumn("memory_mb", "integer", (c) => c.notNull())
+      .addColumn("disk_mb", "integer", (c) => c.notNull().defaultTo(0))
       .addColumn("created_at", "bigint", (c) => c.notNull())
       .addColumn("timeout_at", "bigint")
       .addColumn("on_timeout", "text", (c) => c.notNull())
@@ -259,10 +268,13 @@ export class ControlStore {
     await this.#addMissingColumns("tenants", [
       ["max_total_cpus", "integer", DEFAULT_TENANT_LIMITS.maxTotalCpus],
       ["max_total_memory_mb", "integer", DEFAULT_TENANT_LIMITS.maxTotalMemoryMB],
+      ["max_disk_mb", "integer", DEFAULT_TENANT_LIMITS.maxDiskMB],
+      ["max_total_disk_mb", "integer", DEFAULT_TENANT_LIMITS.maxTotalDiskMB],
       ["max_snapshots", "integer", DEFAULT_TENANT_LIMITS.maxSnapshots],
       ["max_snapshot_bytes", "bigint", DEFAULT_TENANT_LIMITS.maxSnapshotBytes],
     ]);
     await this.#addMissingColumns("templates", [["last_used_at", "bigint", 0]]);
+    await this.#addMissingColumns("sandbox_owners", [["disk_mb", "integer", 0]]);
     await TenantQuota.migrate(this.db);
   }
 
@@ -477,6 +489,8 @@ function toTenant(row: ControlTables["tenants"]): Tenant {
       maxMemoryMB: Number(row.max_memory_mb),
       maxTotalCpus: Number(row.max_total_cpus),
       maxTotalMemoryMB: Number(row.max_total_memory_mb),
+      maxDiskMB: Number(row.max_disk_mb),
+      maxTotalDiskMB: Number(row.max_total_disk_mb),
       maxSnapshots: Number(row.max_snapshots),
       maxSnapshotBytes: Number(row.max_snapshot_bytes),
     },
@@ -490,6 +504,8 @@ function toLimitColumns(limits: TenantLimits) {
     max_memory_mb: limits.maxMemoryMB,
     max_total_cpus: limits.maxTotalCpus,
     max_total_memory_mb: limits.maxTotalMemoryMB,
+    max_disk_mb: limits.maxDiskMB,
+    max_total_disk_mb: limits.maxTotalDiskMB,
     max_snapshots: limits.maxSnapshots,
     max_snapshot_bytes: limits.maxSnapshotBytes,
   };

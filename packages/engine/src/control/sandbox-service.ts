@@ -16,7 +16,8 @@ import type { ControlStore, SandboxOwnerRow, Tenant } from "./control-store.js";
 import { spawnErrorLine } from "./processes.js";
 import { SandboxEnv } from "./sandbox-env.js";
 import { DEFAULT_SHAPE, TemplateCatalog, type TemplateCatalogOptions } from "./template-catalog.js";
-import { roundShape, type Shape } from "./sandbox-shapes.js";
+import { roundDiskMB, roundShape, type Shape } from "./sandbox-shapes.js";
+import { CONSOLE_LOG_MAX_BYTES } from "../vmm/console-log.js";
 import { QuotaExceededError, type QuotaAmounts } from "./tenant-quota.js";
 import { SANDBOX_SHAPES, type ApiLimitsAnswer } from "@codecourier/protocol/api";
 import type { NetworkService } from "../network/network-service.js";
@@ -32,8 +33,6 @@ export interface SandboxServiceOptions {
   templates?: TemplateCatalogOptions;
   /** How often template shapes are swept and quota holds reconciled with what exists. Default 60 s. */
   maintenanceMs?: number;
-  /** What GET /v1/limits reports per sandbox. */
-  sandboxLimits?: ApiLimitsAnswer["sandbox"];
 }
 
 /** A quota hold of a create that has not finished yet is taken as abandoned (server killed mid-create) after this. */
@@ -63,6 +62,9 @@ const LIST_SCAN_BATCH = 500;
 export class SandboxService {
   readonly templates: TemplateCatalog;
   readonly #env = new SandboxEnv();
+  #imageDisk: Promise<number> | undefined;
+  /** The image's disk size once #imageDiskMB has read it (for rows from before disks were settable). */
+  #imageDiskKnown = 0;
   readonly #sweeper: NodeJS.Timeout;
   readonly #maintenance: NodeJS.Timeout;
   #sweeping = false;
@@ -83,6 +85,7 @@ export class SandboxService {
     this.#sweeper.unref();
     this.#maintenance = setInterval(() => void this.maintain(), options.maintenanceMs ?? 60_000);
     this.#maintenance.unref();
+    void this.#imageDiskMB().catch(() => {});
     void this.maintain();
   }
 
@@ -124,7 +127,7 @@ export class SandboxService {
     for (const info of this.engine.listSandboxes()) {
       if (held.has(info.id) || !this.#isLive(info.id)) continue;
       const row = await this.store.ownedSandboxAnyTenant(info.id);
-      if (row) await this.store.quota.adopt(row.tenant_id, info.id, { sandboxes: 1, cpus: Number(row.cpus), memoryMB: Number(row.memory_mb) });
+      if (row) await this.store.quota.adopt(row.tenant_id, info.id, sandboxAmounts({ cpus: Number(row.cpus), memoryMB: Number(row.memory_mb) }, await this.#diskMBOf(row)));
     }
   }
 
@@ -134,7 +137,7 @@ export class SandboxService {
       tenant: tenant.name,
       limits: tenant.limits,
       usage: await this.store.quota.usage(tenant.id),
-      sandbox: this.options.sandboxLimits ?? { diskBytes: 0, consoleLogBytes: 0 },
+      sandbox: { defaultDiskMB: await this.#imageDiskMB(), consoleLogBytes: CONSOLE_LOG_MAX_BYTES },
       shapes: { cpus: [...SANDBOX_SHAPES.cpus], memoryMB: [...SANDBOX_SHAPES.memoryMB] },
     };
   }
@@ -147,15 +150,24 @@ export class SandboxService {
     const { name, version } = TemplateCatalog.resolveName(request.template);
     const requested: Shape = { cpus: request.cpu ?? DEFAULT_SHAPE.cpus, memoryMB: request.memoryMB ?? DEFAULT_SHAPE.memoryMB };
     const { cpus, memoryMB } = roundShape(requested);
-    checkSandboxShape(tenant, { cpus, memoryMB });
+    const templateDiskMB = await this.#imageDiskMB();
+    const diskMB = roundDiskMB(request.diskMB, templateDiskMB);
+    checkSandboxShape(tenant, { cpus, memoryMB }, diskMB);
     // Taken before anything is made and given back if anything fails: parallel creates cannot pass the limits.
-    const hold = await this.store.quota.hold(tenant.id, tenant.limits, sandboxAmounts({ cpus, memoryMB }));
+    const hold = await this.store.quota.hold(tenant.id, tenant.limits, sandboxAmounts({ cpus, memoryMB }, diskMB));
     let sandbox: RunningSandbox;
     try {
       const snapshotId = await this.templates.snapshotFor(name, version, cpus, memoryMB);
       sandbox = await this.engine.create(snapshotId);
       await this.store.quota.attach(hold, sandbox.id);
     } catch (error) {
+      await this.store.quota.release(hold);
+      throw error;
+    }
+    try {
+      if (diskMB > templateDiskMB) await this.engine.growRootDisk(sandbox.id, diskMB * MB);
+    } catch (error) {
+      await this.engine.kill(sandbox.id).catch(() => {});
       await this.store.quota.release(hold);
       throw error;
     }
@@ -170,6 +182,7 @@ export class SandboxService {
       region: this.options.region,
       cpus,
       memory_mb: memoryMB,
+      disk_mb: diskMB,
       created_at: now,
       timeout_at: request.timeoutMs === undefined ? null : now + request.timeoutMs,
       on_timeout: request.onTimeout,
@@ -185,7 +198,8 @@ export class SandboxService {
       throw error;
     }
     const answer = this.#toApi(row);
-    return requested.cpus === cpus && requested.memoryMB === memoryMB ? answer : { ...answer, requested: { cpu: requested.cpus, memoryMB: requested.memoryMB } };
+    const rounded = requested.cpus !== cpus || requested.memoryMB !== memoryMB || (request.diskMB !== undefined && request.diskMB !== diskMB);
+    return rounded ? { ...answer, requested: { cpu: requested.cpus, memoryMB: requested.memoryMB, ...(request.diskMB === undefined ? {} : { diskMB: request.diskMB }) } } : answer;
   }
 
   async get(tenant: Tenant, sandboxId: string): Promise<ApiSandbox> {
@@ -333,11 +347,12 @@ export class SandboxService {
       snapshotId = (await this.snapshot(tenant, sourceId)).snapshotId;
     }
     const shape = { cpus: Number(template.cpus), memoryMB: Number(template.memory_mb) };
+    const diskMB = await this.#diskMBOf(template);
     // One hold per fork, all taken before any is made: a fork over the limits changes nothing.
     const holds: string[] = [];
     let forks: RunningSandbox[] = [];
     try {
-      for (let i = 0; i < count; i++) holds.push(await this.store.quota.hold(tenant.id, tenant.limits, sandboxAmounts(shape)));
+      for (let i = 0; i < count; i++) holds.push(await this.store.quota.hold(tenant.id, tenant.limits, sandboxAmounts(shape, diskMB)));
       forks = await this.engine.fork(snapshotId, count);
       for (const [i, sandbox] of forks.entries()) await this.store.quota.attach(holds[i]!, sandbox.id);
     } catch (error) {
@@ -347,7 +362,7 @@ export class SandboxService {
       throw error;
     }
     const now = Date.now();
-    const rows = forks.map((sandbox): SandboxOwnerRow => ({ ...template, sandbox_id: sandbox.id, created_at: now, timeout_at: null, on_timeout: "kill" }));
+    const rows = forks.map((sandbox): SandboxOwnerRow => ({ ...template, sandbox_id: sandbox.id, disk_mb: diskMB, created_at: now, timeout_at: null, on_timeout: "kill" }));
     for (const row of rows) {
       // A fork has its source's policy and tunnels (not its exposed ports: those are the source's URLs), and env.
       await this.options.network?.copyConfiguration(template.sandbox_id, row.sandbox_id);
@@ -428,6 +443,17 @@ export class SandboxService {
     }
   }
 
+  /** The image's root disk size in MB (every sandbox's unless grown), read once. */
+  #imageDiskMB(): Promise<number> {
+    this.#imageDisk ??= this.engine.imageDiskBytes().then((bytes) => (this.#imageDiskKnown = Math.floor(bytes / MB)));
+    return this.#imageDisk;
+  }
+
+  /** A sandbox's root disk size (rows from before disks were settable say 0: the image's). */
+  async #diskMBOf(row: SandboxOwnerRow): Promise<number> {
+    return Number(row.disk_mb) || (await this.#imageDiskMB());
+  }
+
   #toApi(row: SandboxOwnerRow): ApiSandbox {
     return {
       sandboxId: row.sandbox_id,
@@ -435,6 +461,7 @@ export class SandboxService {
       state: this.#state(row.sandbox_id),
       cpu: Number(row.cpus),
       memoryMB: Number(row.memory_mb),
+      diskMB: Number(row.disk_mb) || this.#imageDiskKnown,
       metadata: JSON.parse(row.metadata) as Record<string, string>,
       region: row.region,
       createdAt: new Date(Number(row.created_at)).toISOString(),
@@ -444,9 +471,14 @@ export class SandboxService {
   }
 }
 
+const MB = 1024 * 1024;
+
 /** Per-sandbox limits: checked before any quota is held. */
-function checkSandboxShape(tenant: Tenant, shape: Shape): void {
+function checkSandboxShape(tenant: Tenant, shape: Shape, diskMB: number): void {
   const { limits } = tenant;
+  if (diskMB > limits.maxDiskMB) {
+    throw new QuotaExceededError(`diskMB ${diskMB} is over this tenant's limit of ${limits.maxDiskMB} per sandbox`, { limit: "maxDiskMB", max: limits.maxDiskMB, used: 0, requested: diskMB });
+  }
   if (shape.cpus > limits.maxCpus) {
     throw new QuotaExceededError(`cpu ${shape.cpus} is over this tenant's limit of ${limits.maxCpus} per sandbox`, { limit: "maxCpus", max: limits.maxCpus, used: 0, requested: shape.cpus });
   }
@@ -460,8 +492,8 @@ function checkSandboxShape(tenant: Tenant, shape: Shape): void {
   }
 }
 
-function sandboxAmounts(shape: Shape): QuotaAmounts {
-  return { sandboxes: 1, cpus: shape.cpus, memoryMB: shape.memoryMB };
+function sandboxAmounts(shape: Shape, diskMB: number): QuotaAmounts {
+  return { sandboxes: 1, cpus: shape.cpus, memoryMB: shape.memoryMB, diskMB };
 }
 
 /**

@@ -17,3 +17,12 @@ function stepAtLeast(steps: readonly number[], value: number, name: string): num
   if (step === undefined) throw new InvalidRequestError(`${name} ${value} is more than this host offers (at most ${steps.at(-1)})`);
   return step;
 }
+
+/** Root disks grow in whole GiB. */
+export const DISK_STEP_MB = 1024;
+
+/** The root disk a create gets: at least the template's (a filesystem cannot shrink), rounded up to DISK_STEP_MB. */
+export function roundDiskMB(requestedMB: number | undefined, templateMB: number): number {
+  if (requestedMB === undefined || requestedMB <= templateMB) return templateMB;
+  return Math.ceil(requestedMB / DISK_STEP_MB) * DISK_STEP_MB;
+}

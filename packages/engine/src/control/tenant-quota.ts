@@ -8,6 +8,7 @@ export interface QuotaAmounts {
   sandboxes?: number;
   cpus?: number;
   memoryMB?: number;
+  diskMB?: number;
   snapshots?: number;
   snapshotBytes?: number;
 }
@@ -35,6 +36,7 @@ const usageColumns = {
   sandboxes: "sandboxes",
   cpus: "cpus",
   memoryMB: "memory_mb",
+  diskMB: "disk_mb",
   snapshots: "snapshots",
   snapshotBytes: "snapshot_bytes",
 } as const satisfies Record<keyof ApiTenantUsage, keyof ControlTables["tenant_usage"]>;
@@ -44,6 +46,7 @@ const limitOf: Record<keyof ApiTenantUsage, keyof TenantLimits> = {
   sandboxes: "maxSandboxes",
   cpus: "maxTotalCpus",
   memoryMB: "maxTotalMemoryMB",
+  diskMB: "maxTotalDiskMB",
   snapshots: "maxSnapshots",
   snapshotBytes: "maxSnapshotBytes",
 };
@@ -52,11 +55,12 @@ const what: Record<keyof ApiTenantUsage, string> = {
   sandboxes: "live sandboxes",
   cpus: "vCPUs of live sandboxes",
   memoryMB: "MB of RAM of live sandboxes",
+  diskMB: "MB of root disk of live sandboxes",
   snapshots: "snapshots",
   snapshotBytes: "bytes of snapshots",
 };
 
-const EMPTY_USAGE: ApiTenantUsage = { sandboxes: 0, cpus: 0, memoryMB: 0, snapshots: 0, snapshotBytes: 0 };
+const EMPTY_USAGE: ApiTenantUsage = { sandboxes: 0, cpus: 0, memoryMB: 0, diskMB: 0, snapshots: 0, snapshotBytes: 0 };
 
 /**
  * A tenant's use of its limits, kept as holds (one per live sandbox or kept snapshot) and a counter row that is
@@ -76,6 +80,7 @@ export class TenantQuota {
       .addColumn("sandboxes", "integer", (c) => c.notNull().defaultTo(0))
       .addColumn("cpus", "integer", (c) => c.notNull().defaultTo(0))
       .addColumn("memory_mb", "integer", (c) => c.notNull().defaultTo(0))
+      .addColumn("disk_mb", "integer", (c) => c.notNull().defaultTo(0))
       .addColumn("snapshots", "integer", (c) => c.notNull().defaultTo(0))
       .addColumn("snapshot_bytes", "bigint", (c) => c.notNull().defaultTo(0))
       .execute();
@@ -89,6 +94,7 @@ export class TenantQuota {
       .addColumn("sandboxes", "integer", (c) => c.notNull())
       .addColumn("cpus", "integer", (c) => c.notNull())
       .addColumn("memory_mb", "integer", (c) => c.notNull())
+      .addColumn("disk_mb", "integer", (c) => c.notNull())
       .addColumn("snapshots", "integer", (c) => c.notNull())
       .addColumn("snapshot_bytes", "bigint", (c) => c.notNull())
       .addColumn("created_at", "bigint", (c) => c.notNull())
@@ -164,6 +170,7 @@ export class TenantQuota {
       sandboxes: Number(row.sandboxes),
       cpus: Number(row.cpus),
       memoryMB: Number(row.memory_mb),
+      diskMB: Number(row.disk_mb),
       snapshots: Number(row.snapshots),
       snapshotBytes: Number(row.snapshot_bytes),
     };
@@ -195,6 +202,8 @@ const UNLIMITED: TenantLimits = {
   maxMemoryMB: Number.MAX_SAFE_INTEGER,
   maxTotalCpus: Number.MAX_SAFE_INTEGER,
   maxTotalMemoryMB: Number.MAX_SAFE_INTEGER,
+  maxDiskMB: Number.MAX_SAFE_INTEGER,
+  maxTotalDiskMB: Number.MAX_SAFE_INTEGER,
   maxSnapshots: Number.MAX_SAFE_INTEGER,
   maxSnapshotBytes: Number.MAX_SAFE_INTEGER,
 };
@@ -216,11 +225,18 @@ async function takeFromUsage(trx: Transaction<ControlTables>, tenantId: string, 
 }
 
 function zeroRow() {
-  return { sandboxes: 0, cpus: 0, memory_mb: 0, snapshots: 0, snapshot_bytes: 0 };
+  return { sandboxes: 0, cpus: 0, memory_mb: 0, disk_mb: 0, snapshots: 0, snapshot_bytes: 0 };
 }
 
 function toRow(usage: ApiTenantUsage) {
-  return { sandboxes: usage.sandboxes, cpus: usage.cpus, memory_mb: usage.memoryMB, snapshots: usage.snapshots, snapshot_bytes: usage.snapshotBytes };
+  return {
+    sandboxes: usage.sandboxes,
+    cpus: usage.cpus,
+    memory_mb: usage.memoryMB,
+    disk_mb: usage.diskMB,
+    snapshots: usage.snapshots,
+    snapshot_bytes: usage.snapshotBytes,
+  };
 }
 
 async function releaseWhere(trx: Transaction<ControlTables>, column: "hold_id" | "subject_id", value: string): Promise<void> {

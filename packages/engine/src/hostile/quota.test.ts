@@ -158,6 +158,39 @@ describe("hostile tenants: quota, shapes, snapshots, console (real server, real 
     await killAll(key);
   });
 
+  it("bounds each sandbox's disk by its size, which a create may grow within the tenant's limits", async () => {
+    const key = await server.createKey("disks");
+    cli("tenants", "limits", "disks", "--max-disk-mb", "8192", "--max-total-disk-mb", "12288");
+    const tooBig = await call("POST", "/v1/sandboxes", key, { diskMB: 9000 });
+    assert.equal(tooBig.status, 403);
+    assert.equal(tooBig.body.error.quota.limit, "maxDiskMB");
+    const grown = await call("POST", "/v1/sandboxes", key, { diskMB: 6000 });
+    assert.equal(grown.status, 201, JSON.stringify(grown.body));
+    assert.equal(grown.body.diskMB, 6144);
+    assert.equal(grown.body.requested.diskMB, 6000);
+    const id = grown.body.sandboxId as string;
+    const rootSizeMB = async (sandboxId: string) =>
+      Number((await call("POST", `/v1/sandboxes/${sandboxId}/commands`, key, { cmd: "df -BM --output=size / | tail -1" })).body.stdout.trim().replace("M", ""));
+    assert.ok((await rootSizeMB(id)) > 5800, "the guest's / was grown");
+    // On the host, every layer of its disk has that virtual size: the most qcow2 lets it take.
+    const layers = readdirSync(join(server.home, "disks")).map((name) => join(server.home, "disks", name));
+    const sizes = layers.map((path) => JSON.parse(spawnSync("qemu-img", ["info", "-U", "--output=json", path], { encoding: "utf8" }).stdout)["virtual-size"] as number);
+    assert.ok(sizes.includes(6144 * 1024 * 1024), `a layer of 6 GiB among ${sizes.join(", ")}`);
+    assert.ok(Math.max(...sizes) <= 6144 * 1024 * 1024);
+    const defaultDisk = await call("POST", "/v1/sandboxes", key, {});
+    assert.equal(defaultDisk.body.diskMB, (await limitsOf(key)).sandbox.defaultDiskMB);
+    const overTotal = await call("POST", "/v1/sandboxes", key, { diskMB: 4096 });
+    assert.equal(overTotal.status, 403, "6144 + 4096 + 4096 > 12288");
+    assert.equal(overTotal.body.error.quota.limit, "maxTotalDiskMB");
+    await call("DELETE", `/v1/sandboxes/${defaultDisk.body.sandboxId}`, key);
+    const forked = await call("POST", `/v1/sandboxes/${id}/fork`, key, { count: 1 });
+    assert.equal(forked.status, 201, JSON.stringify(forked.body));
+    assert.equal(forked.body.sandboxes[0].diskMB, 6144);
+    assert.ok((await rootSizeMB(forked.body.sandboxes[0].sandboxId)) > 5800, "a fork has its source's disk");
+    assert.equal((await limitsOf(key)).usage.diskMB, 12288);
+    await killAll(key);
+  });
+
   it("keeps a guest's serial console log on the host bounded", async () => {
     const key = await server.createKey("console");
     const sandbox = (await call("POST", "/v1/sandboxes", key, {})).body.sandboxId as string;
@@ -192,7 +225,7 @@ describe("hostile tenants: quota, shapes, snapshots, console (real server, real 
 
   it("still serves another tenant, and every hold was given back", async () => {
     await bystanderStillServed();
-    for (const tenant of ["racer", "totals", "shapes", "snapper", "console"]) {
+    for (const tenant of ["racer", "totals", "shapes", "snapper", "disks", "console"]) {
       const key = await server.createKey(tenant);
       assert.ok(await eventually(async () => (await limitsOf(key)).usage.sandboxes === 0, 10_000), `${tenant} holds nothing`);
     }

@@ -10,7 +10,7 @@ import { GUEST_BUSYBOX } from "../images/guest-scripts.js";
 import { compatDifferences, snapshotCompat, type SnapshotCompat } from "../snapshots/compat.js";
 import { DataDirLock } from "../state/data-dir-lock.js";
 import { EngineDatabase, LIVE_SANDBOX_STATES, type SandboxRow, type SnapshotKind, type SnapshotRow } from "../state/database.js";
-import { DiskLayers } from "../storage/disk-layers.js";
+import { DiskLayers, virtualDiskBytes } from "../storage/disk-layers.js";
 import { chooseAccelerator, qemuVersion } from "../vmm/accel.js";
 import { removeStaleVmCgroups } from "../vmm/cgroups/vm-cgroup.js";
 import type { Accelerator } from "../vmm/machine.js";
@@ -27,6 +27,7 @@ import {
 import { findEngineQemus } from "./host-qemu-scan.js";
 import { KeyedLock, OperationGate } from "./operation-gate.js";
 import { WarmPool } from "./warm-pool.js";
+import { growRootDisk } from "./root-disk-growth.js";
 
 export interface SandboxEngineOptions {
   image: GuestImage;
@@ -356,6 +357,21 @@ export class SandboxEngine {
   warmPool(snapshotId: string): void {
     this.#requireSnapshot(snapshotId, ["template", "snapshot"]);
     this.#pool.ensure(snapshotId);
+  }
+
+  /** Grows a running sandbox's root disk (and its filesystem) to `bytes`; its snapshots and forks keep the size. */
+  async growRootDisk(sandboxId: string, bytes: number): Promise<void> {
+    await this.#locks.run(sandboxId, () =>
+      this.#gate.run(async () => {
+        const { vm } = this.#requireRunning(sandboxId);
+        await growRootDisk(vm, bytes);
+      }),
+    );
+  }
+
+  /** The virtual size of the image's root disk: every sandbox's disk unless it was grown. */
+  imageDiskBytes(): Promise<number> {
+    return virtualDiskBytes(this.image.rootDiskPath);
   }
 
   /** Stops keeping warm clones of this template and discards the ready ones. */

@@ -9,8 +9,6 @@ import { hostCgroups } from "../vmm/cgroups/host-cgroups.js";
 import { buildApp } from "./app.js";
 import { NetworkService } from "../network/network-service.js";
 import type { TemplateCatalogOptions } from "../control/template-catalog.js";
-import { CONSOLE_LOG_MAX_BYTES } from "../vmm/console-log.js";
-import { virtualDiskBytes } from "../storage/disk-layers.js";
 
 /**
  * Sandbox networking needs root (namespaces, nftables). Without it the server still runs, with sandboxes that have
@@ -59,7 +57,6 @@ const sandboxes = new SandboxService(engine, store, {
   network,
   templates: templateCatalogOptions(),
   maintenanceMs: envWholeNumber("CODECOURIER_MAINTENANCE_MS"),
-  sandboxLimits: { diskBytes: await virtualDiskBytes(image.rootDiskPath), consoleLogBytes: CONSOLE_LOG_MAX_BYTES },
 });
 const app = buildApp({ accel, image, region, store, sandboxes, network, networkUnavailable, logError: log });
 const port = serverPort();
