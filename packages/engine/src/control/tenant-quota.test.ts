@@ -40,9 +40,9 @@ describe("TenantQuota (SQLite)", () => {
       assert.ok(refused.reason instanceof QuotaExceededError, String(refused.reason));
       assert.deepEqual(refused.reason.breach, { limit: "maxSandboxes", max: 4, used: 4, requested: 1 });
     }
-    assert.deepEqual(await store.quota.usage(tenant.id), { sandboxes: 4, cpus: 4, memoryMB: 2048, snapshots: 0, snapshotBytes: 0 });
+    assert.deepEqual(await store.quota.usage(tenant.id), { sandboxes: 4, cpus: 4, memoryMB: 2048, diskMB: 0, snapshots: 0, snapshotBytes: 0 });
     for (const r of granted) await store.quota.release((r as PromiseFulfilledResult<string>).value);
-    assert.deepEqual(await store.quota.usage(tenant.id), { sandboxes: 0, cpus: 0, memoryMB: 0, snapshots: 0, snapshotBytes: 0 });
+    assert.deepEqual(await store.quota.usage(tenant.id), { sandboxes: 0, cpus: 0, memoryMB: 0, diskMB: 0, snapshots: 0, snapshotBytes: 0 });
   });
 
   it("refuses a hold over any one total and takes nothing of the others", async () => {
@@ -50,7 +50,7 @@ describe("TenantQuota (SQLite)", () => {
     await store.quota.hold(tenant.id, tenant.limits, { sandboxes: 1, cpus: 2, memoryMB: 512 });
     await assert.rejects(store.quota.hold(tenant.id, tenant.limits, { sandboxes: 1, cpus: 2, memoryMB: 256 }), (e: QuotaExceededError) => e.breach.limit === "maxTotalCpus");
     await assert.rejects(store.quota.hold(tenant.id, tenant.limits, { sandboxes: 1, cpus: 1, memoryMB: 1024 }), (e: QuotaExceededError) => e.breach.limit === "maxTotalMemoryMB");
-    assert.deepEqual(await store.quota.usage(tenant.id), { sandboxes: 1, cpus: 2, memoryMB: 512, snapshots: 0, snapshotBytes: 0 });
+    assert.deepEqual(await store.quota.usage(tenant.id), { sandboxes: 1, cpus: 2, memoryMB: 512, diskMB: 0, snapshots: 0, snapshotBytes: 0 });
   });
 
   it("releases a hold once, by its id or by what it was attached to", async () => {
@@ -60,7 +60,7 @@ describe("TenantQuota (SQLite)", () => {
     await store.quota.releaseSubject("sbx-one");
     await store.quota.releaseSubject("sbx-one");
     await store.quota.release(hold);
-    assert.deepEqual(await store.quota.usage(tenant.id), { sandboxes: 0, cpus: 0, memoryMB: 0, snapshots: 0, snapshotBytes: 0 });
+    assert.deepEqual(await store.quota.usage(tenant.id), { sandboxes: 0, cpus: 0, memoryMB: 0, diskMB: 0, snapshots: 0, snapshotBytes: 0 });
   });
 
   it("extends a hold within the byte limit and leaves it as it was when that would pass the limit", async () => {
@@ -69,7 +69,7 @@ describe("TenantQuota (SQLite)", () => {
     await store.quota.extend(hold, tenant.id, tenant.limits, { snapshotBytes: 600 });
     const second = await store.quota.hold(tenant.id, tenant.limits, { snapshots: 1 });
     await assert.rejects(store.quota.extend(second, tenant.id, tenant.limits, { snapshotBytes: 600 }), (e: QuotaExceededError) => e.breach.limit === "maxSnapshotBytes" && e.breach.used === 600);
-    assert.deepEqual(await store.quota.usage(tenant.id), { sandboxes: 0, cpus: 0, memoryMB: 0, snapshots: 2, snapshotBytes: 600 });
+    assert.deepEqual(await store.quota.usage(tenant.id), { sandboxes: 0, cpus: 0, memoryMB: 0, diskMB: 0, snapshots: 2, snapshotBytes: 600 });
     await store.quota.release(second);
     await store.quota.release(hold);
     assert.equal((await store.quota.usage(tenant.id)).snapshotBytes, 0);
