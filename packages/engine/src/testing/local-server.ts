@@ -16,6 +16,8 @@ export interface LocalServer {
   readonly home: string;
   /** Everything the server has written to stderr so far (progress, the first start's admin key). */
   log(): string;
+  /** The server process's pid (for its fds and memory in /proc). */
+  pid(): number;
   /** A new API key of this tenant (created if needed), written to the server's control database directly. */
   createKey(tenant: string): Promise<string>;
   /** SIGTERM (SIGKILL after 20 s), then the data dir is removed. */
@@ -87,7 +89,7 @@ export async function startLocalServer(options: { prefix?: string; env?: Record<
       await store.close();
     }
   };
-  return { url: `http://127.0.0.1:${port}`, home, log: () => output, createKey, stop, restartAfterCrash };
+  return { url: `http://127.0.0.1:${port}`, home, log: () => output, pid: () => server.pid!, createKey, stop, restartAfterCrash };
 }
 
 /** Runs `work`; a failure carries the server's log, where an API answer's "internal error" is explained. */
