@@ -117,11 +117,6 @@ export class ServerProcess {
     return this.#nextSeq;
   }
 
-  /** Bytes (with bookkeeping) kept for replay now. */
-  get keptBytes(): number {
-    return this.#keptBytes;
-  }
-
   /** The first kept chunk numbered `seq` or later; undefined when there is none (yet). */
   chunkFrom(seq: number): OutputChunk | undefined {
     const chunks = this.#chunks;
