@@ -11,7 +11,6 @@ import { after, before, describe, it } from "node:test";
 import { pathToFileURL } from "node:url";
 import { API_LIMITS, type ApiCommandResult } from "@codecourier/protocol/api";
 import { createSandbox, type ConnectionOptions, type Sandbox } from "@codecourier/sdk";
-import { KEPT_CHUNK_OVERHEAD_BYTES } from "../control/processes.js";
 import { startLocalServer, withServerLog, type LocalServer } from "../testing/local-server.js";
 import type { EventLoopWindow } from "./event-loop-probe.js";
 
@@ -106,6 +105,9 @@ describe("hostile: command output (real server, real VMs)", () => {
 
   it("five parallel 63 MB floods answer with 1 MiB each, flagged and counted; RSS stays bounded; a neighbour is served", async () => {
     await withServerLog(server, async () => {
+      // A few quiet seconds first: the event-loop delay of this busy 2-core host without the flood, to compare.
+      const quietStarted = Date.now();
+      await sleep(4000);
       const rssBefore = await rssBytes(serverPid);
       const rss = sampleRss(serverPid);
       const floodStarted = Date.now();
@@ -139,14 +141,18 @@ describe("hostile: command output (real server, real VMs)", () => {
         assert.ok(wireBytes < 1.4 * MiB, `the answer is ~4/3 of the 1 MiB kept: ${wireBytes} bytes`);
       }
       const growth = maxRss - rssBefore;
-      const windows = (await eventLoopWindows()).filter((window) => window.at >= floodStarted);
+      const recorded = await eventLoopWindows();
+      const quiet = recorded.filter((window) => window.at > quietStarted + 1000 && window.at <= floodStarted).map((window) => window.maxMs);
+      const windows = recorded.filter((window) => window.at > floodStarted + 1000);
       const delays = windows.map((window) => window.maxMs);
       console.log(
         `floods: ${results.map((r) => r.seconds.toFixed(1)).join(", ")} s (all ${floodSeconds.toFixed(1)} s); ` +
           `server RSS ${(rssBefore / MiB).toFixed(0)} MB before, ${(maxRss / MiB).toFixed(0)} MB at most (+${(growth / MiB).toFixed(0)} MB); ` +
-          `neighbour runCommand("true") ×${neighbourTimes.length}: median ${median(neighbourTimes)} ms, max ${Math.max(...neighbourTimes)} ms; ` +
-          `server event-loop delay per second during the floods: max ${Math.max(0, ...delays).toFixed(1)} ms, ` +
-          `median of the per-second max ${median(delays).toFixed(1)} ms, p99 at most ${Math.max(0, ...windows.map((w) => w.p99Ms)).toFixed(1)} ms`,
+          `neighbour runCommand("true") ×${neighbourTimes.length}: first ${neighbourTimes[0]} ms, median ${median(neighbourTimes)} ms, ` +
+          `p90 ${percentile(neighbourTimes, 0.9)} ms, max ${Math.max(...neighbourTimes)} ms; ` +
+          `server event-loop delay, per-second max: quiet before ${Math.max(0, ...quiet).toFixed(1)} ms at most (median ${median(quiet).toFixed(1)}), ` +
+          `during the floods ${Math.max(0, ...delays).toFixed(1)} ms at most (median ${median(delays).toFixed(1)}, p90 ${percentile(delays, 0.9).toFixed(1)}); ` +
+          `per-second p99 at most ${Math.max(0, ...windows.map((w) => w.p99Ms)).toFixed(1)} ms`,
       );
       assert.ok(growth < MAX_RSS_GROWTH_BYTES, `server RSS grew by ${(growth / MiB).toFixed(0)} MB`);
     });
@@ -208,7 +214,8 @@ describe("hostile: command output (real server, real VMs)", () => {
       assert.ok(keptTotal > budget / 2, "the budget is used, not just left empty");
       assert.equal(kept[0], 0, "the oldest output went first");
       assert.equal(replayTruncated[0], true, "and a replay of it says output was dropped");
-      assert.ok(kept.at(-1)! >= API_LIMITS.maxProcessOutputBytes - 100 * KEPT_CHUNK_OVERHEAD_BYTES, "the newest process keeps its whole window");
+      // Its window is 4 MiB with each chunk's bookkeeping (KEPT_CHUNK_OVERHEAD_BYTES) counted in.
+      assert.ok(kept.at(-1)! > 0.9 * API_LIMITS.maxProcessOutputBytes, "the newest process keeps its whole window");
       assert.ok(replayTruncated.every(Boolean), "every replay starts later than the output's start, and says so");
       const waited = await processes.at(-1)!.wait();
       assert.deepEqual([waited.stdoutTruncated, waited.stdoutTotalBytes], [true, 5 * MiB], "wait() on a process knows what it missed");
@@ -235,7 +242,11 @@ describe("hostile: command output (real server, real VMs)", () => {
 });
 
 function median(values: number[]): number {
+  return percentile(values, 0.5);
+}
+
+function percentile(values: number[], fraction: number): number {
   if (values.length === 0) return 0;
   const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * fraction))]!;
 }
