@@ -41,7 +41,7 @@ export interface ConnectOptions {
 }
 
 export interface RunOptions extends ExecOptions {
-  /** Most bytes collected per output stream. Default 1 MiB. */
+  /** Most bytes collected per output stream. Default 64 MiB (the API's commands ask for far less: command-output.ts). */
   maxOutputBytes?: number;
   /**
    * Past maxOutputBytes: "fail" (the default) cancels the command and fails the run with AgentError "too_large";
@@ -78,8 +78,6 @@ export interface WriteFileOptions {
 const defaultConnectTimeoutMs = 10_000;
 const defaultRequestTimeoutMs = 30_000;
 const defaultMaxCollectedBytes = 64 * 1024 * 1024;
-/** run()'s default bound on each output stream: the engine's own commands print little, a hostile guest a lot. */
-const defaultRunOutputBytes = 1024 * 1024;
 /** Bound on file operations that walk a whole tree (a deep listing, a recursive remove): slow under TCG. */
 const treeOperationTimeoutMs = 5 * 60_000;
 /** The agent's bound on mtimes (the end of year 9999). */
@@ -256,7 +254,7 @@ export class AgentClient {
    * `overflow` for what happens past it). Either way the host holds at most that much per stream.
    */
   async run(spec: ExecSpec, options: RunOptions = {}): Promise<RunResult> {
-    const { maxOutputBytes = defaultRunOutputBytes, overflow = "fail", reserveOutput, ...execOptions } = options;
+    const { maxOutputBytes = defaultMaxCollectedBytes, overflow = "fail", reserveOutput, ...execOptions } = options;
     const limits: CollectLimits = { maxBytes: maxOutputBytes, overflow, reserve: overflow === "truncate" ? reserveOutput : undefined };
     const command = this.exec(spec, execOptions);
     const [stdout, stderr, exit] = await Promise.all([
