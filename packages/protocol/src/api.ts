@@ -21,6 +21,15 @@ export const API_LIMITS = {
   maxProcessOutputBytes: 4 * 1024 * 1024,
   /** Processes (running or exited) a sandbox keeps on the server. */
   maxProcessesPerSandbox: 256,
+  /** Output a run-to-completion command returns per stream unless its request asks for another cap. */
+  defaultCommandOutputBytes: 1024 * 1024,
+  /** The largest cap a run-to-completion request may ask for, per stream; more output takes the process API. */
+  maxCommandOutputBytes: 16 * 1024 * 1024,
+  /**
+   * Output the server holds for one tenant at a time: kept process output and run-to-completion output being
+   * collected, together. Past it the oldest kept process output is dropped; commands' output is truncated.
+   */
+  tenantOutputBudgetBytes: 64 * 1024 * 1024,
 } as const;
 
 const envName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "environment variable names are letters, digits and _");
@@ -170,15 +179,38 @@ const commandFields = {
 const exactlyOneCommand = (r: { cmd?: string; argv?: string[] }) => (r.cmd === undefined) !== (r.argv === undefined);
 const exactlyOneCommandMessage = "give exactly one of cmd and argv";
 
-export const RunCommandRequestSchema = z.object(commandFields).strict().refine(exactlyOneCommand, exactlyOneCommandMessage);
+export const RunCommandRequestSchema = z
+  .object({
+    ...commandFields,
+    /**
+     * Most bytes returned per output stream (default 1 MiB, at most 16 MiB). Past it the rest is read and discarded,
+     * the command runs to its end, and the result says so (`stdoutTruncated`). Stream bigger output (processes).
+     */
+    maxOutputBytes: z.number().int().min(0).max(API_LIMITS.maxCommandOutputBytes).optional(),
+  })
+  .strict()
+  .refine(exactlyOneCommand, exactlyOneCommandMessage);
 export type RunCommandRequest = z.input<typeof RunCommandRequestSchema>;
+
+/** How a stream's bytes travel in a command result: UTF-8 text, or base64 for output that is not (NUL bytes, binary). */
+export const OutputEncodingSchema = z.enum(["utf8", "base64"]);
+export type ApiOutputEncoding = z.infer<typeof OutputEncodingSchema>;
 
 export const CommandResultSchema = z.object({
   exitCode: z.number().nullable(),
   signal: z.string().nullable(),
   timedOut: z.boolean(),
+  /** The output kept (see stdoutTruncated), as stdoutEncoding says. */
   stdout: z.string(),
   stderr: z.string(),
+  stdoutEncoding: OutputEncodingSchema,
+  stderrEncoding: OutputEncodingSchema,
+  /** Whether output past the cap (maxOutputBytes, or the tenant's output budget) was dropped. */
+  stdoutTruncated: z.boolean(),
+  stderrTruncated: z.boolean(),
+  /** Bytes the stream produced in all, kept or not. */
+  stdoutTotalBytes: z.number(),
+  stderrTotalBytes: z.number(),
 });
 export type ApiCommandResult = z.infer<typeof CommandResultSchema>;
 
@@ -224,7 +256,15 @@ export const SignalRequestSchema = z.object({ signal: z.string().regex(/^SIG[A-Z
  */
 export type ApiProcessEvent =
   | { type: "stdout" | "stderr"; seq: number; /** base64 */ data: string }
-  | { type: "exit"; exitCode: number | null; signal: string | null; timedOut: boolean }
+  | {
+      type: "exit";
+      exitCode: number | null;
+      signal: string | null;
+      timedOut: boolean;
+      /** Bytes of each stream this server received (kept or not; since it attached, for a process it re-attached). */
+      stdoutBytes?: number;
+      stderrBytes?: number;
+    }
   | { type: "truncated"; seq: number }
   | { type: "ended" };
 

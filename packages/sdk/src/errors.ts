@@ -1,4 +1,5 @@
-import type { ApiCommandResult, ApiErrorCode } from "@codecourier/protocol/api";
+import type { ApiErrorCode } from "@codecourier/protocol/api";
+import type { CommandResult } from "./command-result.js";
 
 /**
  * The API error code that goes with a bare HTTP status, for answers without a readable error body (a proxy or
@@ -127,8 +128,8 @@ export class BadRequestError extends CodeCourierError {
  */
 export class TimeoutError extends CodeCourierError {
   override name = "TimeoutError";
-  readonly result: ApiCommandResult | undefined;
-  constructor(message: string, options: CodeCourierErrorOptions & { result?: ApiCommandResult } = {}) {
+  readonly result: CommandResult | undefined;
+  constructor(message: string, options: CodeCourierErrorOptions & { result?: CommandResult } = {}) {
     super(message, withDefaults(options, undefined, "timeout"));
     this.result = options.result;
   }
@@ -139,7 +140,7 @@ export class CommandExitError extends CodeCourierError {
   override name = "CommandExitError";
   constructor(
     message: string,
-    readonly result: ApiCommandResult,
+    readonly result: CommandResult,
     options: CodeCourierErrorOptions = {},
   ) {
     super(message, withDefaults(options, undefined, "command_exit"));

@@ -1,4 +1,5 @@
 import type { ApiCommandResult, ApiDirEntry, ApiFileStat } from "@codecourier/protocol/api";
+import { MAX_COMMAND_OUTPUT_BYTES, decodeCommandResult, requireWholeOutput } from "./command-result.js";
 import type { ApiClient, RequestOptions } from "./client.js";
 import { NotFoundError } from "./errors.js";
 import {
@@ -213,9 +214,11 @@ export class SandboxFiles {
    * Keeps modes and mtimes; copies symlinks as symlinks. Needs node:fs (Node, Bun, Deno). See sync.ts.
    */
   sync(localDir: string, remoteDir: string, options: SyncOptions): Promise<SyncResult> {
-    const run = (argv: readonly string[], command: { stdin?: string; env?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal }) => {
+    // Sync parses its commands' whole output (listings, digests): the largest cap, and an error past it.
+    const run = async (argv: readonly string[], command: { stdin?: string; env?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal }) => {
       const { signal, ...fields } = command;
-      return this.#client.request<ApiCommandResult>("POST", this.#commands, { body: { argv: [...argv], ...fields }, signal });
+      const body = { argv: [...argv], ...fields, maxOutputBytes: MAX_COMMAND_OUTPUT_BYTES };
+      return requireWholeOutput(decodeCommandResult(await this.#client.request<ApiCommandResult>("POST", this.#commands, { body, signal })), "sync");
     };
     return syncDirectory({ run, write: (path, data, o) => this.write(path, data, o), read: (path, o) => this.read(path, o) }, localDir, remoteDir, options);
   }

@@ -10,7 +10,7 @@
  * git sees it, so the URL stored in .git/config is clean. Every git command runs with GIT_TERMINAL_PROMPT=0, so
  * missing credentials fail at once instead of waiting for a prompt.
  */
-import type { ApiCommandResult } from "@codecourier/protocol/api";
+import type { CommandOutcome } from "./command-result.js";
 import type { RequestOptions } from "./client.js";
 import { GitError, type GitFailureReason } from "./errors.js";
 
@@ -111,7 +111,7 @@ export interface GitStatus {
 export type GitCommandRunner = (
   argv: readonly string[],
   options: { env: Record<string, string>; stdin?: string; timeoutMs?: number; signal?: AbortSignal },
-) => Promise<ApiCommandResult>;
+) => Promise<CommandOutcome>;
 
 /** Variables every git command gets: no prompts (fail instead), English messages (the failure reasons read them). */
 const GIT_ENV = { GIT_TERMINAL_PROMPT: "0", GIT_ASKPASS: "", LC_ALL: "C" };
@@ -234,7 +234,7 @@ export class SandboxGit {
     args: string[],
     options: GitCommandOptions,
     extra: { env?: Record<string, string>; stdin?: string; secrets?: string[] } = {},
-  ): Promise<ApiCommandResult> {
+  ): Promise<CommandOutcome> {
     const result = await this.#run(["git", ...args], {
       env: { ...GIT_ENV, ...extra.env },
       ...(extra.stdin !== undefined ? { stdin: extra.stdin } : {}),

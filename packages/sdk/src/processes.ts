@@ -1,5 +1,6 @@
-import type { ApiCommandResult, ApiProcessEvent, ApiProcessInfo, ApiPtySize, StartProcessRequest } from "@codecourier/protocol/api";
+import type { ApiProcessEvent, ApiProcessInfo, ApiPtySize, StartProcessRequest } from "@codecourier/protocol/api";
 import type { ApiClient, RequestOptions } from "./client.js";
+import { base64ToBytes, concatBytes, type CommandResult } from "./command-result.js";
 import { CodeCourierError } from "./errors.js";
 import { readNdjson } from "./ndjson.js";
 
@@ -19,12 +20,19 @@ export interface OutputOptions extends RequestOptions {
   from?: number;
   /** Default true: wait for more output until the process exits. false: stop after the output so far. */
   follow?: boolean;
+  /**
+   * Called when output before sequence number `seq` was dropped before this stream read it: the server keeps only
+   * the last 4 MiB per process (and a tenant's processes share a budget), so a late or slow reader misses some.
+   */
+  onTruncated?: (seq: number) => void;
 }
 
 export interface WaitOptions extends RequestOptions {
   /** Called with each piece of stdout as it arrives (decoded as UTF-8 across chunk boundaries). */
   onStdout?: (text: string) => void;
   onStderr?: (text: string) => void;
+  /** Most bytes of each stream the result holds (the callbacks still see all of it). Default: no cap. */
+  maxOutputBytes?: number;
 }
 
 /** What a process is started with: the command fields of runCommand plus stdin and terminal choices. */
@@ -58,6 +66,7 @@ export class CommandProcess {
   async *output(options: OutputOptions = {}): AsyncGenerator<OutputChunk> {
     for await (const event of this.#events(options)) {
       if (event.type === "stdout" || event.type === "stderr") yield { stream: event.type, data: base64ToBytes(event.data), seq: event.seq };
+      else if (event.type === "truncated") options.onTruncated?.(event.seq);
     }
   }
 
@@ -70,23 +79,64 @@ export class CommandProcess {
     return this.#text("stderr");
   }
 
-  /** Waits for the exit and returns it with the whole output (the kept part of it), whatever the exit code. */
-  async wait(options: WaitOptions = {}): Promise<ApiCommandResult> {
-    const decoders = { stdout: new TextDecoder(), stderr: new TextDecoder() };
-    const collected = { stdout: "", stderr: "" };
+  /**
+   * Waits for the exit and returns it with its output: what the server still keeps (the last 4 MiB), up to
+   * `maxOutputBytes` per stream; stdoutTruncated says when some is missing. Whatever the exit code.
+   */
+  async wait(options: WaitOptions = {}): Promise<CommandResult> {
+    const maxBytes = options.maxOutputBytes ?? Number.POSITIVE_INFINITY;
     const callbacks = { stdout: options.onStdout, stderr: options.onStderr };
+    const streams = {
+      stdout: { decoder: new TextDecoder(), pieces: [] as Uint8Array[], kept: 0, seen: 0 },
+      stderr: { decoder: new TextDecoder(), pieces: [] as Uint8Array[], kept: 0, seen: 0 },
+    };
+    let dropped = false;
     for await (const event of this.#events({ signal: options.signal })) {
       if (event.type === "stdout" || event.type === "stderr") {
-        const text = decoders[event.type].decode(base64ToBytes(event.data), { stream: true });
-        collected[event.type] += text;
-        if (text !== "") callbacks[event.type]?.(text);
-      } else if (event.type === "exit") {
-        for (const stream of ["stdout", "stderr"] as const) {
-          const rest = decoders[stream].decode();
-          collected[stream] += rest;
-          if (rest !== "") callbacks[stream]?.(rest);
+        const bytes = base64ToBytes(event.data);
+        const stream = streams[event.type];
+        stream.seen += bytes.length;
+        const room = Math.min(bytes.length, maxBytes - stream.kept);
+        if (room > 0) {
+          stream.pieces.push(room === bytes.length ? bytes : bytes.subarray(0, room));
+          stream.kept += room;
         }
-        return { exitCode: event.exitCode, signal: event.signal, timedOut: event.timedOut, ...collected };
+        const callback = callbacks[event.type];
+        if (callback !== undefined) {
+          const text = stream.decoder.decode(bytes, { stream: true });
+          if (text !== "") callback(text);
+        }
+      } else if (event.type === "truncated") {
+        dropped = true;
+      } else if (event.type === "exit") {
+        for (const name of ["stdout", "stderr"] as const) {
+          const rest = streams[name].decoder.decode();
+          if (rest !== "") callbacks[name]?.(rest);
+        }
+        // The server counts each stream's bytes; one that does not (older) leaves "some was dropped" for both.
+        const total = { stdout: event.stdoutBytes, stderr: event.stderrBytes };
+        const result = (name: "stdout" | "stderr") => {
+          const stream = streams[name];
+          const bytes = concatBytes(stream.pieces);
+          const totalBytes = total[name] ?? stream.seen;
+          const truncated = stream.kept < stream.seen || (total[name] === undefined ? dropped : stream.seen < totalBytes);
+          return { text: new TextDecoder().decode(bytes), bytes, totalBytes, truncated };
+        };
+        const stdout = result("stdout");
+        const stderr = result("stderr");
+        return {
+          exitCode: event.exitCode,
+          signal: event.signal,
+          timedOut: event.timedOut,
+          stdout: stdout.text,
+          stderr: stderr.text,
+          stdoutBytes: stdout.bytes,
+          stderrBytes: stderr.bytes,
+          stdoutTruncated: stdout.truncated,
+          stderrTruncated: stderr.truncated,
+          stdoutTotalBytes: stdout.totalBytes,
+          stderrTotalBytes: stderr.totalBytes,
+        };
       }
     }
     throw new CodeCourierError(`the output stream of process ${this.pid} ended before its exit`, { code: "unavailable" });
@@ -192,13 +242,6 @@ export class SandboxProcesses {
     const body: StartProcessRequest = typeof command === "string" ? { cmd: command, ...request } : { argv: [...command], ...request };
     return this.#client.request<ProcessInfo>("POST", `${this.#sandboxPath}/processes`, { body, signal });
   }
-}
-
-function base64ToBytes(base64: string): Uint8Array {
-  const binary = atob(base64);
-  const bytes = new Uint8Array(binary.length);
-  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
-  return bytes;
 }
 
 /** Terminals: `sandbox.pty.create({ rows, cols })` starts a shell on one. */

@@ -43,6 +43,26 @@ const sandboxJson = (sandboxId: string) => ({
   onTimeout: "kill",
 });
 
+/** A command answer as the server sends it: text streams, nothing truncated, unless `fields` say otherwise. */
+function commandAnswer(fields: Record<string, unknown>): Record<string, unknown> {
+  const stdout = typeof fields.stdout === "string" ? fields.stdout : "";
+  const stderr = typeof fields.stderr === "string" ? fields.stderr : "";
+  return {
+    exitCode: 0,
+    signal: null,
+    timedOut: false,
+    stdout,
+    stderr,
+    stdoutEncoding: "utf8",
+    stderrEncoding: "utf8",
+    stdoutTruncated: false,
+    stderrTruncated: false,
+    stdoutTotalBytes: Buffer.byteLength(stdout),
+    stderrTotalBytes: Buffer.byteLength(stderr),
+    ...fields,
+  };
+}
+
 describe("Sandbox over HTTP (stub server)", () => {
   let server: Server;
   let url: string;
@@ -85,10 +105,23 @@ describe("Sandbox over HTTP (stub server)", () => {
     assert.equal(seen[0]!.headers["content-type"], "application/json");
     assert.deepEqual(JSON.parse(seen[0]!.body), { template: "base", env: { A: "1" }, metadata: { user: "ann" }, timeoutMs: 60_000 });
 
-    const result = { exitCode: 3, signal: null, timedOut: false, stdout: "out", stderr: "boom" };
+    const result = commandAnswer({ exitCode: 3, stdout: "out", stderr: "boom" });
+    const decoded = {
+      exitCode: 3,
+      signal: null,
+      timedOut: false,
+      stdout: "out",
+      stderr: "boom",
+      stdoutBytes: new TextEncoder().encode("out"),
+      stderrBytes: new TextEncoder().encode("boom"),
+      stdoutTruncated: false,
+      stderrTruncated: false,
+      stdoutTotalBytes: 3,
+      stderrTotalBytes: 4,
+    };
     answers.push([200, result], [200, result]);
-    assert.deepEqual(await sandbox.runCommand("echo hi | wc -c", { cwd: "/tmp", env: { B: "2" }, user: "root", timeoutMs: 5000, stdin: "in" }), result);
-    assert.deepEqual(await sandbox.runCommand(["ls", "-l", "a dir"]), result, "a non-zero exit is a result, not an error");
+    assert.deepEqual(await sandbox.runCommand("echo hi | wc -c", { cwd: "/tmp", env: { B: "2" }, user: "root", timeoutMs: 5000, stdin: "in" }), decoded);
+    assert.deepEqual(await sandbox.runCommand(["ls", "-l", "a dir"]), decoded, "a non-zero exit is a result, not an error");
     assert.equal(seen[1]!.url, "/v1/sandboxes/sb_1/commands");
     assert.deepEqual(JSON.parse(seen[1]!.body), { cmd: "echo hi | wc -c", cwd: "/tmp", env: { B: "2" }, user: "root", timeoutMs: 5000, stdin: "in" });
     assert.deepEqual(JSON.parse(seen[2]!.body), { argv: ["ls", "-l", "a dir"] });
@@ -100,8 +133,32 @@ describe("Sandbox over HTTP (stub server)", () => {
       assert.match(error.message, /exited with code 3: boom/);
       return true;
     });
-    answers.push([200, { exitCode: null, signal: "SIGKILL", timedOut: true, stdout: "", stderr: "" }]);
+    answers.push([200, commandAnswer({ exitCode: null, signal: "SIGKILL", timedOut: true })]);
     await assert.rejects(sandbox.runCommand("sleep 9", { check: true, timeoutMs: 10 }), TimeoutError);
+  });
+
+  it("decodes base64 output into exact bytes (and lossy text), sends maxOutputBytes, passes on the truncation", async () => {
+    answers.push([201, sandboxJson("sb_2")]);
+    const sandbox = await createSandbox(options());
+    const bytes = [0, 255, 254, 0x68, 0x69];
+    answers.push([
+      200,
+      commandAnswer({
+        stdout: Buffer.from(bytes).toString("base64"),
+        stdoutEncoding: "base64",
+        stdoutTruncated: true,
+        stdoutTotalBytes: 63_000_000,
+        stderr: "caf\u00e9",
+      }),
+    ]);
+    const result = await sandbox.runCommand("head -c 63000000 /dev/zero", { maxOutputBytes: 5 });
+    assert.deepEqual(JSON.parse(seen[1]!.body), { cmd: "head -c 63000000 /dev/zero", maxOutputBytes: 5 });
+    assert.ok(result.stdoutBytes instanceof Uint8Array);
+    assert.deepEqual([...result.stdoutBytes], bytes);
+    assert.equal(result.stdout, "\0\uFFFD\uFFFDhi");
+    assert.deepEqual([result.stdoutTruncated, result.stdoutTotalBytes], [true, 63_000_000]);
+    assert.equal(result.stderr, "caf\u00e9");
+    assert.deepEqual([...result.stderrBytes], [0x63, 0x61, 0x66, 0xc3, 0xa9], "text output's bytes are its UTF-8");
   });
 
   it("maps error answers: 404 → NotFoundError, 'no longer running' → SandboxGoneError", async () => {

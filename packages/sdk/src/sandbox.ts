@@ -7,6 +7,7 @@ import type {
   RunCommandRequest,
 } from "@codecourier/protocol/api";
 import { ApiClient, type RequestOptions } from "./client.js";
+import { DEFAULT_COMMAND_OUTPUT_BYTES, MAX_COMMAND_OUTPUT_BYTES, decodeCommandResult, requireWholeOutput, type CommandResult } from "./command-result.js";
 import type { ConnectionOptions } from "./env.js";
 import { CommandExitError, NotFoundError, TimeoutError } from "./errors.js";
 import { SandboxFiles } from "./files.js";
@@ -16,14 +17,18 @@ import { SandboxProcesses, SandboxPty, type CommandProcess, type WaitOptions } f
 
 export type SandboxInfo = ApiSandbox;
 export type SandboxState = ApiSandboxState;
-export type CommandResult = ApiCommandResult;
+export type { CommandResult };
 
 /** The create request (template, cpu, memoryMB, diskMB, env, metadata, timeoutMs, onTimeout, region) and where to send it. */
 export type CreateSandboxOptions = CreateSandboxRequest & ConnectionOptions & RequestOptions;
 
+/**
+ * The command fields, stdin, and `maxOutputBytes`: the most bytes of each stream the result holds (default 1 MiB, at
+ * most 16 MiB; see stdoutTruncated). For more, stream it: onStdout, or a background process's output().
+ */
 export type RunCommandOptions = Omit<RunCommandRequest, "cmd" | "argv"> &
   RequestOptions & {
-    /** Called with each piece of stdout as it arrives (the result still holds all of it). */
+    /** Called with each piece of stdout as it arrives (the result still holds it, up to maxOutputBytes). */
     onStdout?: (text: string) => void;
     onStderr?: (text: string) => void;
     /**
@@ -34,7 +39,7 @@ export type RunCommandOptions = Omit<RunCommandRequest, "cmd" | "argv"> &
   };
 
 /** runCommand with `background: true`: it answers at once with a process handle (wait, kill, sendStdin, output). */
-export type BackgroundCommandOptions = Omit<RunCommandOptions, "check" | "onStdout" | "onStderr"> & {
+export type BackgroundCommandOptions = Omit<RunCommandOptions, "check" | "onStdout" | "onStderr" | "maxOutputBytes"> & {
   background: true;
   /** Keep stdin open for sendStdin() (default false: stdin ends after `stdin`, or at once). */
   keepStdinOpen?: boolean;
@@ -87,7 +92,10 @@ export class Sandbox {
     this.#path = `/v1/sandboxes/${encodeURIComponent(sandboxId)}`;
     this.network = new SandboxNetwork(client, this.#path);
     this.files = new SandboxFiles(client, this.#path);
-    this.git = new SandboxGit((argv, options) => this.runCommand(argv, options));
+    // Git's output is parsed whole: the largest cap, and an error rather than a parse of a cut one.
+    this.git = new SandboxGit(async (argv, options) =>
+      requireWholeOutput(await this.runCommand(argv, { ...options, maxOutputBytes: MAX_COMMAND_OUTPUT_BYTES }), `git ${argv[1] ?? ""}`.trim()),
+    );
     this.processes = new SandboxProcesses(client, this.#path);
     this.pty = new SandboxPty(this.processes);
   }
@@ -130,6 +138,9 @@ export class Sandbox {
   /**
    * Runs a command to completion and returns its exit status and output, whatever the exit code (see `check`).
    * A string runs with /bin/sh -c; an array is an argv, run without a shell, so its words need no quoting.
+   * The result holds at most `maxOutputBytes` of each stream (default 1 MiB): past it the rest is dropped, the
+   * command still runs to its end, and `stdoutTruncated` / `stdoutTotalBytes` say so. Output that is not UTF-8 text
+   * (binary, NUL bytes) is exact in `stdoutBytes`.
    * With onStdout/onStderr the output also arrives piece by piece as it is written; aborting `signal` then kills
    * the command. With `background: true` it answers at once with a CommandProcess.
    * A paused sandbox is resumed first.
@@ -147,10 +158,12 @@ export class Sandbox {
     const { check, signal, onStdout, onStderr, ...rest } = options as RunCommandOptions;
     let result: CommandResult;
     if (onStdout !== undefined || onStderr !== undefined) {
-      result = await this.#runStreamed(command, rest, { onStdout, onStderr, signal });
+      // Processes take no cap (their output is streamed); the result is held to the same cap here instead.
+      const { maxOutputBytes = DEFAULT_COMMAND_OUTPUT_BYTES, ...start } = rest;
+      result = await this.#runStreamed(command, start, { onStdout, onStderr, signal, maxOutputBytes });
     } else {
       const body: RunCommandRequest = typeof command === "string" ? { cmd: command, ...rest } : { argv: [...command], ...rest };
-      result = await this.#client.request<ApiCommandResult>("POST", `${this.#path}/commands`, { body, signal });
+      result = decodeCommandResult(await this.#client.request<ApiCommandResult>("POST", `${this.#path}/commands`, { body, signal }));
     }
     if (check) throwUnlessSucceeded(command, result);
     return result;
@@ -158,7 +171,7 @@ export class Sandbox {
 
   async #runStreamed(
     command: string | readonly string[],
-    request: Omit<RunCommandRequest, "cmd" | "argv">,
+    request: Omit<RunCommandRequest, "cmd" | "argv" | "maxOutputBytes">,
     options: WaitOptions,
   ): Promise<CommandResult> {
     const process = await this.processes.start(command, request);

@@ -27,7 +27,7 @@
  * Local disk access needs node:fs, loaded only when sync runs (Node, Bun and Deno all provide node:fs/promises), so
  * the rest of the SDK stays fetch-only.
  */
-import type { ApiCommandResult } from "@codecourier/protocol/api";
+import type { CommandOutcome } from "./command-result.js";
 import type { RequestOptions } from "./client.js";
 import { CodeCourierError, NotFoundError } from "./errors.js";
 import { readTar, tarStream, type TarEntry, type TarEntryType } from "./tar.js";
@@ -82,7 +82,7 @@ export interface SyncPlan {
 
 /** What sync needs of a sandbox: run a command, and move bytes to and from a guest file. */
 export interface SyncTransport {
-  run(argv: readonly string[], options: { stdin?: string; env?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal }): Promise<ApiCommandResult>;
+  run(argv: readonly string[], options: { stdin?: string; env?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal }): Promise<CommandOutcome>;
   write(path: string, data: ReadableStream<Uint8Array>, options: RequestOptions): Promise<unknown>;
   read(path: string, options: RequestOptions & { format: "stream" }): Promise<ReadableStream<Uint8Array>>;
 }
@@ -358,7 +358,7 @@ class GuestSide {
     private readonly options: SyncOptions,
   ) {}
 
-  async #run(what: string, script: string, args: string[], stdin = ""): Promise<ApiCommandResult> {
+  async #run(what: string, script: string, args: string[], stdin = ""): Promise<CommandOutcome> {
     const result = await this.sandbox.run(["sh", "-c", script, "sh", this.root, ...args], {
       stdin,
       env: GUEST_ENV,
@@ -369,7 +369,7 @@ class GuestSide {
     return result;
   }
 
-  #fail(what: string, result: ApiCommandResult): never {
+  #fail(what: string, result: CommandOutcome): never {
     const stderr = result.stderr.trim().slice(-500);
     throw new CodeCourierError(`sync: ${what} in the sandbox failed (exit ${result.exitCode ?? result.signal})${stderr ? `: ${stderr}` : ""}`, {
       code: "sync_failed",

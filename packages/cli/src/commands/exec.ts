@@ -19,7 +19,7 @@ export function registerExecCommand(program: Command): void {
     .description(
       "Run a command in a sandbox (a paused one is resumed). One argument is a /bin/sh -c command line, several are " +
         "an argv run without a shell. Prints its stdout and stderr and exits with its exit code: 128+N when killed by " +
-        "signal N, 124 when it ran past --timeout. Output is streamed as it comes; stdin, when it is not a terminal, is streamed to the command.",
+        "signal N, 124 when it ran past --timeout. Output is streamed as it comes, uncapped (binary too); stdin, when it is not a terminal, is streamed to the command.",
     )
     .argument("<id>", "the sandbox")
     .argument("<command...>", "the command (after --)")
@@ -39,8 +39,12 @@ export function registerExecCommand(program: Command): void {
         keepStdinOpen: forwardStdin,
       });
       const stdinDone = forwardStdin ? pumpStdin(started) : Promise.resolve();
-      // Output is passed on as raw bytes, as it comes: the command may print binary data or a progress bar.
-      for await (const chunk of started.output()) (chunk.stream === "stdout" ? process.stdout : process.stderr).write(chunk.data);
+      // Output is passed on as raw bytes, as it comes: the command may print binary data or a progress bar. Nothing
+      // caps it (unlike a run-to-completion answer); only a reader that falls far behind misses some, and is told.
+      let missed = false;
+      const onTruncated = () => (missed = true);
+      for await (const chunk of started.output({ onTruncated })) (chunk.stream === "stdout" ? process.stdout : process.stderr).write(chunk.data);
+      if (missed) process.stderr.write("codecourier: some output was dropped before it could be shown (the server keeps only the last 4 MiB of a process's output)\n");
       await stdinDone.catch(() => undefined); // the command may exit before reading all of its input
       const result = await started.info();
       if (result.timedOut) process.stderr.write(`codecourier: the command timed out${flags.timeout ? ` after ${flags.timeout} ms` : ""}\n`);

@@ -233,6 +233,24 @@ describe("AgentClient against the in-process agent", () => {
     });
   });
 
+  it("truncates instead with overflow: truncate, draining the rest so the command runs to its end", async () => {
+    const result = await client.run({ shell: "head -c 3000000 /dev/zero; echo tail >&2; exit 5" }, { maxOutputBytes: 1000, overflow: "truncate" });
+    assert.equal(result.exitCode, 5, "it ran to its end");
+    assert.deepEqual([result.stdout.length, result.stdoutTotalBytes, result.stdoutTruncated], [1000, 3_000_000, true]);
+    assert.deepEqual([result.stderr.toString(), result.stderrTotalBytes, result.stderrTruncated], ["tail\n", 5, false]);
+  });
+
+  it("keeps only what reserveOutput grants, as a prefix", async () => {
+    let granted = 0;
+    const reserveOutput = (bytes: number) => {
+      const grant = Math.min(bytes, 2500 - granted);
+      granted += grant;
+      return grant;
+    };
+    const result = await client.run({ shell: "head -c 100000 /dev/zero" }, { maxOutputBytes: 50_000, overflow: "truncate", reserveOutput });
+    assert.deepEqual([result.stdout.length, result.stdoutTotalBytes, result.stdoutTruncated, granted], [2500, 100_000, true, 2500]);
+  });
+
   it("reports spawn errors as exit records", async () => {
     const missing = await client.run({ argv: ["/nonexistent/binary"] });
     assert.equal(missing.exitCode, 127);

@@ -41,13 +41,31 @@ export interface ConnectOptions {
 }
 
 export interface RunOptions extends ExecOptions {
-  /** Most bytes collected per output stream; more fails the run with AgentError "too_large". Default 64 MiB. */
+  /** Most bytes collected per output stream. Default 64 MiB (the API's commands ask for far less: command-output.ts). */
   maxOutputBytes?: number;
+  /**
+   * Past maxOutputBytes: "fail" (the default) cancels the command and fails the run with AgentError "too_large";
+   * "truncate" keeps the first maxOutputBytes, reads and discards the rest while the command runs to its end, and
+   * says so in the result.
+   */
+  overflow?: "fail" | "truncate";
+  /**
+   * With overflow "truncate": asked before each piece of output is kept, answers how many of its `bytes` may be
+   * (a budget shared with other commands). What it refuses is discarded like output past maxOutputBytes; what it
+   * grants is the caller's to give back.
+   */
+  reserveOutput?: (bytes: number) => number;
 }
 
 export interface RunResult extends ExecExit {
   stdout: Buffer;
   stderr: Buffer;
+  /** Bytes each stream produced in all, kept or not. */
+  stdoutTotalBytes: number;
+  stderrTotalBytes: number;
+  /** Whether output was discarded (only with overflow "truncate"). */
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
 }
 
 export interface WriteFileOptions {
@@ -231,16 +249,28 @@ export class AgentClient {
     return result;
   }
 
-  /** Runs a command to completion and collects its output (each stream bounded by `maxOutputBytes`). */
+  /**
+   * Runs a command to completion and collects its output, each stream bounded by `maxOutputBytes` (see
+   * `overflow` for what happens past it). Either way the host holds at most that much per stream.
+   */
   async run(spec: ExecSpec, options: RunOptions = {}): Promise<RunResult> {
-    const maxBytes = options.maxOutputBytes ?? defaultMaxCollectedBytes;
-    const command = this.exec(spec, options);
+    const { maxOutputBytes = defaultMaxCollectedBytes, overflow = "fail", reserveOutput, ...execOptions } = options;
+    const limits: CollectLimits = { maxBytes: maxOutputBytes, overflow, reserve: overflow === "truncate" ? reserveOutput : undefined };
+    const command = this.exec(spec, execOptions);
     const [stdout, stderr, exit] = await Promise.all([
-      collectOutput(command, command.stdout, "stdout", maxBytes),
-      collectOutput(command, command.stderr, "stderr", maxBytes),
+      collectOutput(command, command.stdout, "stdout", limits),
+      collectOutput(command, command.stderr, "stderr", limits),
       command.wait(),
     ]);
-    return { ...exit, stdout, stderr };
+    return {
+      ...exit,
+      stdout: stdout.kept,
+      stderr: stderr.kept,
+      stdoutTotalBytes: stdout.totalBytes,
+      stderrTotalBytes: stderr.totalBytes,
+      stdoutTruncated: stdout.truncated,
+      stderrTruncated: stderr.truncated,
+    };
   }
 
   /** Sends a signal (e.g. "SIGTERM") to a command's process group; an unknown id is an AgentError "not_found". */
@@ -500,17 +530,42 @@ function fileSettingsQuery({ mode, mtimeMs }: WriteFileOptions): Record<string, 
   return query;
 }
 
-async function collectOutput(command: CommandHandle, output: Readable, name: string, maxBytes: number): Promise<Buffer> {
+interface CollectLimits {
+  maxBytes: number;
+  overflow: "fail" | "truncate";
+  reserve: ((bytes: number) => number) | undefined;
+}
+
+interface CollectedOutput {
+  kept: Buffer;
+  totalBytes: number;
+  truncated: boolean;
+}
+
+/**
+ * Reads one output stream to its end, keeping at most `maxBytes` of it (and, with `reserve`, what that grants). What
+ * is kept is a prefix: once a byte is discarded, nothing later is kept, even if room comes back.
+ */
+async function collectOutput(command: CommandHandle, output: Readable, name: string, limits: CollectLimits): Promise<CollectedOutput> {
   const chunks: Buffer[] = [];
-  let size = 0;
+  let keptBytes = 0;
+  let totalBytes = 0;
+  let truncated = false;
   for await (const chunk of output as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > maxBytes) {
-      const error = new AgentError("too_large", `${name} exceeded ${maxBytes} bytes`);
+    totalBytes += chunk.length;
+    if (truncated) continue; // drained, so the command runs to its end; the bytes are dropped here
+    let fits = Math.min(chunk.length, limits.maxBytes - keptBytes);
+    if (fits < chunk.length && limits.overflow === "fail") {
+      const error = new AgentError("too_large", `${name} exceeded ${limits.maxBytes} bytes`);
       command.cancel(error);
       throw error;
     }
-    chunks.push(chunk);
+    if (limits.reserve !== undefined && fits > 0) fits = Math.min(fits, limits.reserve(fits));
+    if (fits > 0) {
+      chunks.push(fits === chunk.length ? chunk : chunk.subarray(0, fits));
+      keptBytes += fits;
+    }
+    truncated = fits < chunk.length;
   }
-  return Buffer.concat(chunks, size);
+  return { kept: Buffer.concat(chunks, keptBytes), totalBytes, truncated };
 }

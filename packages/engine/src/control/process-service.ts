@@ -19,7 +19,9 @@ export const MAX_STDIN_REQUEST_BYTES = 1024 * 1024;
 /**
  * Processes through the API: start one, stream its output from any point, write its stdin, signal it, resize its
  * terminal, and find it again by pid after a pause, a server restart or a fork. Every call goes through
- * SandboxService.runningSandbox first, so another tenant's sandbox is a 404 and a paused one is resumed.
+ * SandboxService.runningSandbox first, so another tenant's sandbox is a 404 and a paused one is resumed. The output
+ * kept for replay counts against the tenant's output budget (SandboxService.outputBudgets), shared with its
+ * run-to-completion commands.
  */
 export class ProcessService {
   readonly #table = new ProcessTable();
@@ -41,7 +43,7 @@ export class ProcessService {
     // A command that cannot start (bad cwd, no such program) still gets a pid: it exits at once, saying why on
     // its stderr, as it would in a shell.
     const pid = await handle.id;
-    const process = new ServerProcess(pid, describe(request), request.pty !== undefined, new Date());
+    const process = new ServerProcess(pid, describe(request), request.pty !== undefined, new Date(), this.sandboxes.outputBudgets.of(tenant.id));
     process.follow(handle, request.keepStdinOpen ? stdin : undefined);
     this.#table.add(sandboxId, process);
     return process.info();
@@ -100,7 +102,7 @@ export class ProcessService {
     const running = await this.sandboxes.runningSandbox(tenant, sandboxId);
     if (!/^[A-Za-z0-9-]{1,64}$/.test(pid)) throw notFound(`no process ${pid}`);
     try {
-      const process = await this.#table.attach(sandboxId, pid, running.agent);
+      const process = await this.#table.attach(sandboxId, pid, running.agent, this.sandboxes.outputBudgets.of(tenant.id));
       if (process === undefined) throw notFound(`no process ${pid} in sandbox ${sandboxId}`);
       return { running, process };
     } catch (error) {

@@ -2,13 +2,23 @@ import { API_LIMITS, type ApiProcessEvent, type ApiProcessInfo } from "@codecour
 import type { ExecExit } from "@codecourier/protocol";
 import { PassThrough, Readable } from "node:stream";
 import type { AgentClient, CommandHandle } from "../agent-client/index.js";
+import type { KeptOutput, OutputBudget } from "./output-budget.js";
 
 /** One chunk of a process's output, numbered in the order the guest produced it. */
 interface OutputChunk {
   seq: number;
   type: "stdout" | "stderr";
   data: Buffer;
+  /** What it counts against the process's window and its tenant's budget: its bytes and its bookkeeping. */
+  charge: number;
+  kept: KeptOutput;
 }
+
+/**
+ * What keeping a chunk costs beyond its bytes (the chunk's object, its Buffer, the budget's entry), so that a guest
+ * writing one byte at a time cannot make the server hold millions of tiny chunks inside a "4 MiB" window.
+ */
+export const KEPT_CHUNK_OVERHEAD_BYTES = 256;
 
 const ignore = () => {};
 
@@ -22,17 +32,22 @@ export function spawnErrorLine(spawnError: string): string {
  *
  * The server reads its output all the time, whether anyone listens or not — a process never stalls on a full pipe
  * because nobody is streaming — and keeps the most recent {@link API_LIMITS.maxProcessOutputBytes} in memory, so a
- * stream opened late (a reconnect, `codecourier logs`) replays what came before. Each stream reads the kept
- * chunks at its own pace ({@link OutputFeed}); one that falls behind the kept window skips ahead with a
- * `truncated` event instead of making the server hold more.
+ * stream opened late (a reconnect, `codecourier logs`) replays what came before. What it keeps also counts against
+ * its tenant's {@link OutputBudget}, shared by all the tenant's processes and commands: when that is full, the
+ * tenant's oldest kept output goes first, whichever process it belongs to. Each stream reads the kept chunks at its
+ * own pace ({@link OutputFeed}); one that falls behind what is kept skips ahead with a `truncated` event instead of
+ * making the server hold more.
  *
  * The agent keeps a background command running when the host's session ends (pause, resume, restore), so after one
  * the process is re-attached lazily, on the next request that needs it. Its stdin does not survive that: the
  * agent ends a background command's stdin with the stream that started it.
  */
 export class ServerProcess {
-  readonly #chunks: OutputChunk[] = [];
+  /** Kept chunks, oldest first, in sequence order (with gaps where chunks were dropped or never kept). */
+  #chunks: OutputChunk[] = [];
   #keptBytes = 0;
+  /** Bytes of each stream received, kept or not. */
+  readonly #receivedBytes = { stdout: 0, stderr: 0 };
   #nextSeq = 0;
   #exit: ExecExit | undefined;
   #attached: CommandHandle | undefined;
@@ -44,6 +59,7 @@ export class ServerProcess {
     readonly command: string | null,
     readonly pty: boolean,
     readonly startedAt: Date,
+    private readonly budget: OutputBudget,
   ) {}
 
   get running(): boolean {
@@ -91,12 +107,35 @@ export class ServerProcess {
     return true;
   }
 
-  /** The kept chunk with this sequence number, or the oldest kept one if it is older; undefined when none is kept yet. */
+  /** Bytes of stdout and stderr received so far, kept or not. */
+  get receivedBytes(): { stdout: number; stderr: number } {
+    return { ...this.#receivedBytes };
+  }
+
+  /** The sequence number the next chunk will get: every chunk so far is numbered below it. */
+  get nextSeq(): number {
+    return this.#nextSeq;
+  }
+
+  /** The first kept chunk numbered `seq` or later; undefined when there is none (yet). */
   chunkFrom(seq: number): OutputChunk | undefined {
-    const first = this.#chunks[0];
-    if (first === undefined) return undefined;
-    const index = Math.max(0, seq - first.seq);
-    return this.#chunks[index];
+    const chunks = this.#chunks;
+    let low = 0;
+    let high = chunks.length;
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (chunks[middle]!.seq < seq) low = middle + 1;
+      else high = middle;
+    }
+    return chunks[low];
+  }
+
+  /** Drops all kept output and gives its bytes back to the budget (the process is being forgotten). */
+  discardOutput(): void {
+    for (const chunk of this.#chunks) chunk.kept.release();
+    this.#chunks = [];
+    this.#keptBytes = 0;
+    this.#wake();
   }
 
   /** Calls `wake` once, at the next output or exit. */
@@ -111,12 +150,32 @@ export class ServerProcess {
   }
 
   #append(type: "stdout" | "stderr", data: Buffer): void {
-    this.#chunks.push({ seq: this.#nextSeq++, type, data });
-    this.#keptBytes += data.length;
-    while (this.#keptBytes > API_LIMITS.maxProcessOutputBytes && this.#chunks.length > 1) {
-      this.#keptBytes -= this.#chunks.shift()!.data.length;
+    if (data.length === 0) return;
+    this.#receivedBytes[type] += data.length;
+    // Numbered even when it is not kept: a reader then sees the gap as a `truncated` event.
+    const seq = this.#nextSeq++;
+    const charge = data.length + KEPT_CHUNK_OVERHEAD_BYTES;
+    while (this.#chunks.length > 0 && this.#keptBytes + charge > API_LIMITS.maxProcessOutputBytes) {
+      const oldest = this.#chunks.shift()!;
+      this.#keptBytes -= oldest.charge;
+      oldest.kept.release();
+    }
+    let chunk: OutputChunk | undefined;
+    const kept = this.budget.keep(charge, () => this.#evicted(chunk));
+    if (kept !== undefined) {
+      chunk = { seq, type, data, charge, kept };
+      this.#chunks.push(chunk);
+      this.#keptBytes += charge;
     }
     this.#wake();
+  }
+
+  /** The budget dropped one of this process's chunks for room (it evicts oldest first, so normally the first here). */
+  #evicted(chunk: OutputChunk | undefined): void {
+    const index = chunk === undefined ? -1 : this.#chunks.indexOf(chunk);
+    if (index === -1) return;
+    this.#chunks.splice(index, 1);
+    this.#keptBytes -= chunk!.charge;
   }
 
   #finish(exit: ExecExit): void {
@@ -193,9 +252,24 @@ class OutputFeed extends Readable {
         if (!this.#send({ type: chunk.type, seq: chunk.seq, data: chunk.data.toString("base64") })) return;
         continue;
       }
+      // Output after the cursor that is not kept (dropped for the tenant's budget): say so, then go on.
+      const nextSeq = this.process.nextSeq;
+      if (this.#cursor < nextSeq) {
+        this.#cursor = nextSeq;
+        if (!this.#send({ type: "truncated", seq: nextSeq })) return;
+        continue;
+      }
       const exit = this.process.exit;
       if (exit !== undefined) {
-        this.#send({ type: "exit", exitCode: exit.exitCode, signal: exit.signal, timedOut: exit.timedOut });
+        const received = this.process.receivedBytes;
+        this.#send({
+          type: "exit",
+          exitCode: exit.exitCode,
+          signal: exit.signal,
+          timedOut: exit.timedOut,
+          stdoutBytes: received.stdout,
+          stderrBytes: received.stderr,
+        });
         this.push(null);
         return;
       }
@@ -240,7 +314,9 @@ export class ProcessTable {
     processes.set(process.pid, process);
     for (const [pid, old] of processes) {
       if (processes.size <= API_LIMITS.maxProcessesPerSandbox) break;
-      if (!old.running) processes.delete(pid);
+      if (old.running) continue;
+      processes.delete(pid);
+      old.discardOutput();
     }
   }
 
@@ -248,22 +324,24 @@ export class ProcessTable {
     return [...this.#bySandbox.keys()];
   }
 
-  /** Forgets a sandbox's processes (it has ended). */
+  /** Forgets a sandbox's processes (it has ended) and gives their kept output back to the budget. */
   forget(sandboxId: string): void {
+    for (const process of this.#bySandbox.get(sandboxId)?.values() ?? []) process.discardOutput();
     this.#bySandbox.delete(sandboxId);
   }
 
   /**
    * Makes sure a process's output is being read: re-attaches after a session ended (pause/resume) or learns a pid
-   * this server did not start. Returns undefined when the agent knows no such command.
+   * this server did not start (its kept output then counts against `budget`, its tenant's). Returns undefined
+   * when the agent knows no such command.
    */
-  async attach(sandboxId: string, pid: string, agent: AgentClient): Promise<ServerProcess | undefined> {
+  async attach(sandboxId: string, pid: string, agent: AgentClient, budget: OutputBudget): Promise<ServerProcess | undefined> {
     let process = this.get(sandboxId, pid);
     if (process !== undefined && (process.attached || !process.running)) return process;
     if (process === undefined) {
       const known = (await agent.listCommands()).find((command) => command.id === pid);
       if (known === undefined) return undefined;
-      process = new ServerProcess(pid, null, false, new Date(known.startedAtMs));
+      process = new ServerProcess(pid, null, false, new Date(known.startedAtMs), budget);
       this.add(sandboxId, process);
     }
     const handle = agent.attach(pid);

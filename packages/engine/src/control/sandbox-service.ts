@@ -1,8 +1,8 @@
 import {
+  API_LIMITS,
   CreateSandboxRequestSchema,
   ListSandboxesQuerySchema,
   RunCommandRequestSchema,
-  type ApiCommandResult,
   type ApiSandbox,
   type ApiSandboxList,
   type ApiSandboxState,
@@ -13,13 +13,14 @@ import type { RunningSandbox, SandboxEngine } from "../sandboxes/sandbox-engine.
 import { SandboxNotFoundError } from "../sandboxes/errors.js";
 import { ApiError, notFound } from "../server/api-error.js";
 import type { ControlStore, SandboxOwnerRow, Tenant } from "./control-store.js";
-import { spawnErrorLine } from "./processes.js";
 import { SandboxEnv } from "./sandbox-env.js";
 import { DEFAULT_SHAPE, TemplateCatalog, type TemplateCatalogOptions } from "./template-catalog.js";
 import { roundDiskMB, roundShape, type Shape } from "./sandbox-shapes.js";
 import { CONSOLE_LOG_MAX_BYTES } from "../vmm/console-log.js";
 import { QuotaExceededError, type QuotaAmounts } from "./tenant-quota.js";
 import { SANDBOX_SHAPES, type ApiLimitsAnswer } from "@codecourier/protocol/api";
+import { runToCompletion, type CompletedCommand } from "./command-output.js";
+import { TenantOutputBudgets } from "./output-budget.js";
 import type { NetworkService } from "../network/network-service.js";
 
 export interface SandboxServiceOptions {
@@ -253,17 +254,24 @@ export class SandboxService {
     return this.#toApi({ ...row, timeout_at: timeoutAt });
   }
 
-  async runCommand(tenant: Tenant, sandboxId: string, body: unknown): Promise<ApiCommandResult> {
+  /**
+   * Output the server holds per tenant (kept process output, run-to-completion output being collected): one budget
+   * each, shared with the ProcessService (command-output.ts, output-budget.ts).
+   */
+  readonly outputBudgets = new TenantOutputBudgets();
+
+  /**
+   * Runs a command to completion; its output is capped per stream (maxOutputBytes) and by the tenant's output
+   * budget. Release the result once answered (commandResultJson does).
+   */
+  async runCommand(tenant: Tenant, sandboxId: string, body: unknown): Promise<CompletedCommand> {
     const request = RunCommandRequestSchema.parse(body) as z.output<typeof RunCommandRequestSchema>;
     const { running, spec } = await this.prepareCommand(tenant, sandboxId, request);
-    const result = await running.agent.run({ ...spec, stdin: request.stdin !== undefined }, { stdin: request.stdin });
-    return {
-      exitCode: result.exitCode,
-      signal: result.signal,
-      timedOut: result.timedOut,
-      stdout: result.stdout.toString("utf8"),
-      stderr: result.stderr.toString("utf8") + (result.spawnError === undefined ? "" : spawnErrorLine(result.spawnError)),
-    };
+    return runToCompletion(running.agent, { ...spec, stdin: request.stdin !== undefined }, {
+      stdin: request.stdin,
+      maxOutputBytes: request.maxOutputBytes ?? API_LIMITS.defaultCommandOutputBytes,
+      budget: this.outputBudgets.of(tenant.id),
+    });
   }
 
   /**

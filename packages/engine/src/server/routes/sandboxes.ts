@@ -11,7 +11,8 @@ import {
 } from "@codecourier/protocol/api";
 import { z } from "zod";
 import type { SandboxService } from "../../control/sandbox-service.js";
-import { params, type RouteSpec } from "../route.js";
+import { commandResultJson } from "../../control/command-output.js";
+import { StreamAnswer, params, type RouteSpec } from "../route.js";
 
 export function sandboxRoutes(sandboxes: SandboxService): RouteSpec[] {
   return [
@@ -28,7 +29,15 @@ export function sandboxRoutes(sandboxes: SandboxService): RouteSpec[] {
       handler: (t, r) => sandboxes.setTimeout(t, params(r).sandboxId!, SetTimeoutRequestSchema.parse(r.body).timeoutMs),
     },
     { method: "POST", url: "/v1/sandboxes/:sandboxId/connect", summary: "Connect (resumes a paused sandbox)", response: SandboxSchema, handler: (t, r) => sandboxes.connect(t, params(r).sandboxId!) },
-    { method: "POST", url: "/v1/sandboxes/:sandboxId/commands", summary: "Run a command to completion", body: RunCommandRequestSchema, response: CommandResultSchema, handler: (t, r) => sandboxes.runCommand(t, params(r).sandboxId!, r.body) },
+    {
+      method: "POST",
+      url: "/v1/sandboxes/:sandboxId/commands",
+      summary: "Run a command to completion (output capped per stream: maxOutputBytes, default 1 MiB; stream bigger output with processes)",
+      body: RunCommandRequestSchema,
+      response: CommandResultSchema,
+      // Written piece by piece as the client reads it (up to 2 × 16 MiB of output): see commandResultJson.
+      handler: async (t, r) => new StreamAnswer(commandResultJson(await sandboxes.runCommand(t, params(r).sandboxId!, r.body)), "application/json"),
+    },
     { method: "POST", url: "/v1/sandboxes/:sandboxId/snapshot", summary: "Snapshot a running sandbox (it keeps running)", response: SnapshotResultSchema, status: 201, handler: (t, r) => sandboxes.snapshot(t, params(r).sandboxId!) },
     { method: "POST", url: "/v1/sandboxes/:sandboxId/pause", summary: "Pause a sandbox (its memory is saved, its VM stops)", response: SandboxSchema, handler: (t, r) => sandboxes.pause(t, params(r).sandboxId!) },
     { method: "POST", url: "/v1/sandboxes/:sandboxId/resume", summary: "Resume a paused sandbox", response: SandboxSchema, handler: (t, r) => sandboxes.resume(t, params(r).sandboxId!) },

@@ -32,11 +32,35 @@ export const commandChecks: Check[] = [
     async run(context) {
       const sandbox = mainSandbox(context);
       const shell = await sandbox.runCommand("echo out; echo err >&2");
-      assertEqual(shell, { exitCode: 0, signal: null, timedOut: false, stdout: "out\n", stderr: "err\n" }, "a shell command's result");
+      const { stdoutBytes, stderrBytes, ...fields } = shell;
+      assertEqual(
+        fields,
+        { exitCode: 0, signal: null, timedOut: false, stdout: "out\n", stderr: "err\n", stdoutTruncated: false, stderrTruncated: false, stdoutTotalBytes: 4, stderrTotalBytes: 4 },
+        "a shell command's result",
+      );
+      assertEqual([...stdoutBytes, ...stderrBytes], [...new TextEncoder().encode("out\nerr\n")], "the output as bytes too");
       // An argv runs without a shell: the space and the $ reach printf as they are.
       const argv = await sandbox.runCommand(["printf", "%s|", "a b", "$HOME"]);
       assertEqual(argv.stdout, "a b|$HOME|", "argv words, unquoted and unexpanded");
       assertEqual((await sandbox.runCommand(["cat"], { stdin: "piped in\n" })).stdout, "piped in\n", "stdin");
+    },
+  },
+  {
+    name: "runCommand: binary output is exact in stdoutBytes; output past maxOutputBytes is cut and counted",
+    async run(context) {
+      const sandbox = mainSandbox(context);
+      const binary = await sandbox.runCommand(["printf", "\\0\\377\\376text"]);
+      assertOk(binary.stdoutBytes instanceof Uint8Array, "stdoutBytes is a Uint8Array");
+      assertEqual([...binary.stdoutBytes], [0, 255, 254, 116, 101, 120, 116], "the bytes as the guest wrote them");
+      assertEqual(binary.stdout, "\0\uFFFD\uFFFDtext", "the text, with U+FFFD for what is not UTF-8");
+      const text = await sandbox.runCommand(["printf", "h\u00e9llo \u2713"]);
+      assertEqual([text.stdout, text.stdoutBytes.length], ["héllo ✓", 10], "UTF-8 text stays text");
+      const cut = await sandbox.runCommand("head -c 300000 /dev/zero; echo done >&2", { maxOutputBytes: 1000 });
+      assertEqual(
+        [cut.exitCode, cut.stdoutTruncated, cut.stdoutTotalBytes, cut.stdoutBytes.length, cut.stderr, cut.stderrTruncated],
+        [0, true, 300_000, 1000, "done\n", false],
+        "a capped stream: the first 1000 bytes kept, all of them counted, the command ran to its end",
+      );
     },
   },
   {
