@@ -103,7 +103,7 @@ export class SandboxService {
       on_timeout: request.onTimeout,
     };
     try {
-      await this.options.network?.configure(sandbox.id, request.network ?? TemplateCatalog.networkPolicy(name));
+      await this.options.network?.configure(sandbox.id, request.network ?? TemplateCatalog.networkPolicy(name), tenant.id);
       await this.store.recordSandbox(row);
     } catch (error) {
       // Nothing half-created: a sandbox nobody owns would run forever.
