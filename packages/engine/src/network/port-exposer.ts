@@ -48,6 +48,8 @@ export interface ExposedPortOptions {
 
 /** A guest that does not accept a connection within this long is treated as unreachable (504). */
 const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
+/** Client connections idle out this much later than upstream ones. */
+const CLIENT_IDLE_MARGIN_MS = 2000;
 
 /** Headers that describe one hop (RFC 9110 §7.6.1), never forwarded as they are. */
 const HOP_BY_HOP_HEADERS: ReadonlySet<string> = new Set([
@@ -120,8 +122,9 @@ export class ExposedPort {
     this.#reserveSockets = options.reserveSockets ?? ((count) => new SocketReservation(count, () => {}));
     this.#relayOptions = options.relay ?? {};
     this.#server = createServer();
-    // A client connection with no bytes for this long is closed (an upgraded one gets the relay's own timers).
-    this.#server.setTimeout(this.#relayOptions.idleTimeoutMs ?? RELAY_IDLE_TIMEOUT_MS);
+    // A client connection with no bytes for this long is closed (an upgraded one gets the relay's own timers). The
+    // margin lets a request the guest leaves unanswered time out upstream first, so the client gets a 502 for it.
+    this.#server.setTimeout((this.#relayOptions.idleTimeoutMs ?? RELAY_IDLE_TIMEOUT_MS) + CLIENT_IDLE_MARGIN_MS);
     // accept() failing (EMFILE and the like) is emitted here; the server keeps listening, so only not crashing matters.
     this.#server.on("error", () => {});
     this.#server.on("connection", (socket: Socket) => this.#admitClient(socket));

@@ -29,7 +29,7 @@ export interface RelayEnd {
 
 export class RelayTimeoutError extends Error {
   constructor(what: string, ms: number) {
-    super(`${what}: no bytes for ${Math.round(ms / 1000)} s`);
+    super(`${what}: no bytes for ${ms / 1000} s`);
     this.name = "RelayTimeoutError";
   }
 }

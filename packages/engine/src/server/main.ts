@@ -43,7 +43,7 @@ await app.listen({ host: "127.0.0.1", port });
 app.server.on("error", () => {});
 log(`CodeCourier listening on http://127.0.0.1:${port} (accelerator: ${accel.accel} — ${accel.reason}; region ${region}; data: ${dataDir()})`);
 log(`VM resource limits: ${hostCgroups().summary}`);
-log(network ? `sandbox networking: default-deny egress through the proxy (pool ${network.host.pool})` : `sandbox networking OFF: ${networkUnavailable}`);
+log(network ? `sandbox networking: default-deny egress through the proxy (pool ${network.host.pool}; new connections refused past ${network.budget.fdBudget} open descriptors)` : `sandbox networking OFF: ${networkUnavailable}`);
 
 if ((await store.tenantCount()) === 0) {
   // Shown once: only its hash is stored. More keys: `codecourier keys create --tenant NAME`.
