@@ -75,6 +75,15 @@ async function serverPid(home: string): Promise<number> {
   throw new Error(`no server process for ${home}`);
 }
 
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Bash opens `count` connections (held as descriptors), keeps them `holdSeconds`, and exits: the kernel closes them. */
 const openAndExit = (address: string, count: number, holdSeconds: number) =>
   `bash -c 'for i in $(seq ${count}); do exec {fd}<>/dev/tcp/${address}/${TARPIT_PORT}; done; sleep ${holdSeconds}'`;
@@ -217,12 +226,43 @@ describe("hostile: a sandbox opening connections to a tarpit, exiting and repeat
       const error = refused[0]!.type === "network.connection" ? (refused[0]!.error ?? "") : "";
       assert.match(error, new RegExp(`file descriptors open, its budget for new connections is ${soft - 256} \\(soft limit ${soft}\\)`));
       // Still up, still serving another tenant's VM and the API.
-      process.kill(pid, 0);
+      assert.ok(isAlive(pid), `the server died at its descriptor budget:\n${server.log().slice(-3000)}`);
       await run(bystander, "true");
       assert.equal((await fetch(`${server.url}/health`)).status, 200);
       await fdsSettleAtMost(before + 16, "after the attack at the budget");
     } finally {
       await runTool("prlimit", ["--pid", String(pid), `--nofile=${original.soft}:${original.hard}`]);
+    }
+  });
+
+  it("survives running out of descriptors altogether (EMFILE) and works again once some are free", async () => {
+    const original = await openFileLimit(pid);
+    const seen = events.length;
+    // The guest connects while the server cannot open a single descriptor more: accept() fails (EMFILE), as do the
+    // nft and ip the server spawns (drop counters are polled every second while someone follows the events).
+    const attack = hostile
+      .runCommand(`sleep 2; ${openAndExit(tarpitAddress, 50, 2)}`, { timeoutMs: 120_000 })
+      .then((result) => `exit ${result.exitCode}`, (error: unknown) => `failed: ${String(error)}`);
+    await sleep(500);
+    await runTool("prlimit", ["--pid", String(pid), `--nofile=${await openFileCount(pid)}:${original.hard}`]);
+    try {
+      await sleep(6000);
+    } finally {
+      // Fails only when the server is gone, which the assertion below reports with its log.
+      await runTool("prlimit", ["--pid", String(pid), `--nofile=${original.soft}:${original.hard}`]).catch(() => {});
+    }
+    // Whatever became of that command (its answer may have been lost), the server is up and serves everyone again.
+    const attackOutcome = await attack;
+    assert.ok(isAlive(pid), `the server died when it ran out of descriptors:\n${server.log().slice(-3000)}`);
+    process.stderr.write(`egress-fds: the command run while the server was out of descriptors: ${attackOutcome}\n`);
+    await sleep(2000);
+    assert.equal((await fetch(`${server.url}/health`)).status, 200);
+    await run(bystander, "true");
+    await run(hostile, openAndExit(tarpitAddress, 5, 1));
+    const deadline = Date.now() + HALF_CLOSED_TIMEOUT_MS + 30_000;
+    while (!events.slice(seen).some((e) => e.type === "network.connection" && e.allowed)) {
+      if (Date.now() > deadline) assert.fail(`no connection was relayed after the descriptors came back (the attack: ${attackOutcome})`);
+      await sleep(250);
     }
   });
 });
