@@ -156,7 +156,8 @@ export class NetworkService {
       }
       // An interrupted server kills its VMs synchronously (vmm/reaper.ts); their namespaces and the host rules go too.
       service.#unregisterExitCleanup = onHostExit(() => service!.host.removeAllNow([...service!.#attached.values()]));
-      service.#dropTimer = setInterval(() => void service!.#pollDrops(), DROP_POLL_MS);
+      // Reading drop counters spawns nft, which fails while the server is out of descriptors: skip that second.
+      service.#dropTimer = setInterval(() => void service!.#pollDrops().catch(() => {}), DROP_POLL_MS);
       service.#dropTimer.unref();
       service.#fdScanTimer = setInterval(() => void service!.#scanOpenFiles(), FD_SCAN_MS);
       service.#fdScanTimer.unref();
@@ -471,8 +472,15 @@ export class NetworkService {
   }
 
   #refreshHostAddresses(): void {
+    let interfaces: ReturnType<typeof networkInterfaces>;
+    try {
+      interfaces = networkInterfaces();
+    } catch {
+      // getifaddrs needs a netlink socket, so this throws when the process is out of descriptors: keep the last list.
+      return;
+    }
     const addresses = new Set<string>();
-    for (const list of Object.values(networkInterfaces())) for (const info of list ?? []) if (info.family === "IPv4") addresses.add(info.address);
+    for (const list of Object.values(interfaces)) for (const info of list ?? []) if (info.family === "IPv4") addresses.add(info.address);
     this.#hostAddresses = addresses;
   }
 }
