@@ -190,7 +190,7 @@ export class SandboxService {
     };
     try {
       await this.#env.give(sandbox.id, sandbox.agent, request.env ?? {});
-      await this.options.network?.configure(sandbox.id, request.network ?? TemplateCatalog.networkPolicy(name));
+      await this.options.network?.configure(sandbox.id, request.network ?? TemplateCatalog.networkPolicy(name), tenant.id);
       await this.store.recordSandbox(row);
     } catch (error) {
       // Nothing half-created: a sandbox nobody owns would run forever (its end gives the quota back).

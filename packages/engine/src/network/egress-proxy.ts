@@ -13,16 +13,18 @@ import type { NameResolver } from "./name-resolver.js";
 import { originalDestination, type loadOriginalDestination } from "./original-destination.js";
 import { peekDestination } from "./peek.js";
 import { decide, decideName, normalizeName } from "./policy.js";
+import { relay, type RelayOptions } from "./relay.js";
 import type { SandboxNetwork, Tunnel } from "./sandbox-network.js";
+import type { LimitRefusal, SocketBudget, SocketReservation } from "./socket-budget.js";
 
 type ConnectionEvent = Extract<NetworkEvent, { type: "network.connection" }>;
 type Addon = Awaited<ReturnType<typeof loadOriginalDestination>>;
 
 const DIAL_TIMEOUT_MS = 10_000;
-/** Open connections (guest side and upstream together) a sandbox may hold through the proxy. */
-export const MAX_CONNECTIONS_PER_SANDBOX = 2048;
 /** How long a client may stay silent before it is taken to speak a server-first protocol (SSH, SMTP). */
 const PEEK_TIMEOUT_MS = 1000;
+/** A proxied connection holds two sockets: the guest's and the upstream one. */
+const SOCKETS_PER_CONNECTION = 2;
 
 export interface EgressProxyOptions {
   addon: Addon;
@@ -30,6 +32,9 @@ export interface EgressProxyOptions {
   /** The sandbox whose namespace has this pool address. */
   sandboxAt(address: string): SandboxNetwork | undefined;
   addressContext(): AddressContext;
+  /** Counts the sockets each connection holds, against the sandbox's, its tenant's and the process's limits. */
+  budget: SocketBudget;
+  relay?: RelayOptions;
 }
 
 /** Where a connection may go, or why not. */
@@ -42,14 +47,24 @@ export class EgressProxy {
 
   private constructor(readonly options: EgressProxyOptions) {
     // noDelay: relayed bytes go out as they come; Nagle would hold a small reply back for the guest's ACK.
-    this.#server = net.createServer({ pauseOnConnect: true, noDelay: true }, (socket) => void this.#handle(socket));
+    // allowHalfOpen: a guest's FIN is passed on as a FIN, and the reply still reaches it (relay.ts).
+    this.#server = net.createServer({ pauseOnConnect: true, noDelay: true, allowHalfOpen: true }, (socket) =>
+      // #handle settles every failure it expects; this keeps a bug from becoming an unhandled rejection.
+      void this.#handle(socket).catch(() => socket.destroy()),
+    );
+    // accept() failing (EMFILE, ENFILE, ENOBUFS) is emitted here; libuv has already dropped that connection and the
+    // server keeps listening, so there is nothing to do but not crash (the fd budget keeps this rare).
+    this.#server.on("error", () => {});
   }
 
   static async listen(options: EgressProxyOptions & { port?: number }): Promise<EgressProxy> {
     const proxy = new EgressProxy(options);
     await new Promise<void>((resolve, reject) => {
       proxy.#server.once("error", reject);
-      proxy.#server.listen(options.port ?? 0, "127.0.0.1", () => resolve());
+      proxy.#server.listen(options.port ?? 0, "127.0.0.1", () => {
+        proxy.#server.off("error", reject);
+        resolve();
+      });
     });
     return proxy;
   }
@@ -77,9 +92,9 @@ export class EgressProxy {
       return;
     }
     const started = Date.now();
-    const overLimit = sandbox.connections.size >= MAX_CONNECTIONS_PER_SANDBOX;
-    sandbox.connections.add(guest);
-    guest.once("close", () => sandbox.connections.delete(guest));
+    // Both of its sockets are counted from now (the guest's since accept, the upstream one before its dial) until
+    // each has really closed.
+    const places = this.options.budget.reserve(sandbox.owner, SOCKETS_PER_CONNECTION);
     const event: ConnectionEvent = {
       type: "network.connection",
       time: started,
@@ -96,18 +111,39 @@ export class EgressProxy {
       durationMs: 0,
       error: null,
     };
-    const { verdict, initial } = await this.#decideConnection(guest, sandbox, requested, overLimit, event);
-    event.rule = verdict.rule;
-    if (!verdict.allowed) {
-      event.error = verdict.error ?? null;
-      event.durationMs = Date.now() - started;
-      sandbox.events.record(event);
-      guest.resetAndDestroy();
+    if (isRefusal(places)) {
+      this.#refuse(guest, sandbox, event, { allowed: false, ...places });
       return;
     }
+    places.bind(guest);
+    sandbox.connections.add(guest);
+    guest.once("close", () => sandbox.connections.delete(guest));
+    const { verdict, initial } = await this.#decideConnection(guest, sandbox, requested, event).catch((error: unknown) => ({
+      verdict: { allowed: false, rule: "default-deny", error: `deciding failed: ${String(error)}` } as const,
+      initial: Buffer.alloc(0),
+    }));
+    if (!verdict.allowed) {
+      places.releaseUnbound();
+      this.#refuse(guest, sandbox, event, verdict);
+      return;
+    }
+    if (guest.destroyed) {
+      places.releaseUnbound();
+      this.#refuse(guest, sandbox, event, { allowed: false, rule: verdict.rule, error: "the guest closed the connection before it was relayed" });
+      return;
+    }
+    event.rule = verdict.rule;
     event.allowed = true;
     event.address = verdict.address;
-    this.#relay(guest, initial, verdict, sandbox, event, started);
+    this.#relay(guest, initial, verdict, sandbox, places, event);
+  }
+
+  #refuse(guest: Socket, sandbox: SandboxNetwork, event: ConnectionEvent, verdict: Extract<Verdict, { allowed: false }>): void {
+    event.rule = verdict.rule;
+    event.error = verdict.error ?? null;
+    event.durationMs = Date.now() - event.time;
+    sandbox.events.record(event);
+    guest.resetAndDestroy();
   }
 
   /**
@@ -118,13 +154,9 @@ export class EgressProxy {
     guest: Socket,
     sandbox: SandboxNetwork,
     requested: { address: string; port: number },
-    overLimit: boolean,
     event: ConnectionEvent,
   ): Promise<{ verdict: Verdict; initial: Buffer }> {
     const none = Buffer.alloc(0);
-    if (overLimit) {
-      return { verdict: { allowed: false, rule: "limit:connections", error: `more than ${MAX_CONNECTIONS_PER_SANDBOX / 2} open connections` }, initial: none };
-    }
     // A tunnel is chosen by the address its name resolved to: no peeking (database protocols speak server-first).
     const tunnel = sandbox.tunnelAt(requested.address);
     if (tunnel) {
@@ -206,43 +238,54 @@ export class EgressProxy {
     return { allowed: true, address, port: tunnel.port, rule: `tunnel:${tunnel.name}` };
   }
 
-  #relay(guest: Socket, initial: Buffer, verdict: { address: string; port: number }, sandbox: SandboxNetwork, event: ConnectionEvent, started: number): void {
-    const upstream = net.connect({ host: verdict.address, port: verdict.port, timeout: DIAL_TIMEOUT_MS, noDelay: true });
+  #relay(
+    guest: Socket,
+    initial: Buffer,
+    verdict: { address: string; port: number },
+    sandbox: SandboxNetwork,
+    places: SocketReservation,
+    event: ConnectionEvent,
+  ): void {
+    const upstream = net.connect({ host: verdict.address, port: verdict.port, timeout: DIAL_TIMEOUT_MS, noDelay: true, allowHalfOpen: true });
+    places.bind(upstream);
     sandbox.connections.add(upstream);
-    let finished = false;
-    const finish = (error?: Error) => {
-      if (finished) return;
-      finished = true;
+    upstream.once("close", () => sandbox.connections.delete(upstream));
+    let recorded = false;
+    const record = (error: Error | null) => {
+      if (recorded) return;
+      recorded = true;
       event.bytesOut = upstream.bytesWritten;
       event.bytesIn = guest.bytesWritten;
-      event.durationMs = Date.now() - started;
+      event.durationMs = Date.now() - event.time;
       if (error && !event.error) event.error = error.message;
-      sandbox.connections.delete(upstream);
       sandbox.events.record(event);
     };
-    upstream.once("timeout", () => upstream.destroy(new Error(`connecting to ${verdict.address}:${verdict.port} timed out`)));
+    // Until the dial is done: a guest that goes away takes the dial with it, a failed dial resets the guest.
+    const abandonDial = () => {
+      upstream.destroy();
+      record(new Error("the guest closed the connection while it was being dialed"));
+    };
+    const dialFailed = (error: Error) => {
+      guest.off("close", abandonDial);
+      guest.resetAndDestroy();
+      record(error);
+    };
+    const dialTimedOut = () => upstream.destroy(new Error(`connecting to ${verdict.address}:${verdict.port} timed out`));
+    guest.once("close", abandonDial);
+    upstream.once("error", dialFailed);
+    upstream.once("timeout", dialTimedOut);
     upstream.once("connect", () => {
-      upstream.setTimeout(0);
+      guest.off("close", abandonDial);
+      upstream.off("error", dialFailed);
+      upstream.off("timeout", dialTimedOut);
       if (initial.length > 0) upstream.write(initial);
-      guest.pipe(upstream);
-      upstream.pipe(guest);
+      // The event is recorded once both sockets have closed, so it carries every byte and the whole duration.
+      void relay(guest, upstream, this.options.relay).then(({ error }) => record(error));
       guest.resume();
     });
-    upstream.on("error", (error) => {
-      finish(error);
-      guest.resetAndDestroy();
-    });
-    guest.on("error", (error) => {
-      finish(error);
-      upstream.destroy();
-    });
-    upstream.once("close", () => {
-      finish();
-      guest.end();
-    });
-    guest.once("close", () => {
-      finish();
-      upstream.end();
-    });
   }
+}
+
+function isRefusal(places: SocketReservation | LimitRefusal): places is LimitRefusal {
+  return "rule" in places;
 }

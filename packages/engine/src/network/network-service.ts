@@ -20,6 +20,9 @@ import { applyPolicyChange, normalizeName } from "./policy.js";
 import { answerQuestion } from "./dns-answers.js";
 import { ExposedPort } from "./port-exposer.js";
 import { SandboxNetwork } from "./sandbox-network.js";
+import { openFileCount, openFileLimit, raiseOpenFileLimit } from "./fd-usage.js";
+import { RELAY_HALF_CLOSED_TIMEOUT_MS, RELAY_IDLE_TIMEOUT_MS, type RelayOptions } from "./relay.js";
+import { DEFAULT_MAX_SOCKETS_PER_SANDBOX, DEFAULT_MAX_SOCKETS_PER_TENANT, SocketBudget } from "./socket-budget.js";
 import { onHostExit } from "../vmm/reaper.js";
 
 /** Where the service keeps each sandbox's network configuration (the control store). */
@@ -38,6 +41,8 @@ interface StoredExposure {
 }
 
 interface StoredNetworkConfig {
+  /** Whose limits the sandbox's sockets count against; absent in configurations stored before it was recorded. */
+  tenantId?: string;
   policy: NetworkPolicy;
   tunnels: TunnelRequest[];
   exposed: StoredExposure[];
@@ -51,6 +56,42 @@ export interface NetworkServiceOptions {
   /** Host name put in exposed ports' URLs (CODECOURIER_EXPOSE_URL_HOST, default the listen address). */
   exposeUrlHost?: string;
   resolver?: NameResolver;
+  /** Socket limits and relay timeouts; by default from the environment (see connectionLimitsFromEnvironment). */
+  limits?: ConnectionLimits;
+}
+
+/** How many sockets sandboxes may make the server hold, and how long an idle relayed connection lives. */
+export interface ConnectionLimits {
+  maxSocketsPerSandbox: number;
+  maxSocketsPerTenant: number;
+  /** Open descriptors of the whole server above which new connections are refused; null: derived from the soft limit. */
+  fdBudget: number | null;
+  relay: Required<RelayOptions>;
+}
+
+/**
+ * The defaults, each overridable by the operator: CODECOURIER_NETWORK_MAX_SOCKETS_PER_SANDBOX, …_PER_TENANT,
+ * CODECOURIER_FD_BUDGET, CODECOURIER_NETWORK_IDLE_TIMEOUT_MS, CODECOURIER_NETWORK_HALF_CLOSED_TIMEOUT_MS.
+ */
+export function connectionLimitsFromEnvironment(env: NodeJS.ProcessEnv = process.env): ConnectionLimits {
+  const fdBudget = env.CODECOURIER_FD_BUDGET;
+  return {
+    maxSocketsPerSandbox: positiveInteger(env, "CODECOURIER_NETWORK_MAX_SOCKETS_PER_SANDBOX", DEFAULT_MAX_SOCKETS_PER_SANDBOX),
+    maxSocketsPerTenant: positiveInteger(env, "CODECOURIER_NETWORK_MAX_SOCKETS_PER_TENANT", DEFAULT_MAX_SOCKETS_PER_TENANT),
+    fdBudget: fdBudget === undefined ? null : positiveInteger(env, "CODECOURIER_FD_BUDGET", 0),
+    relay: {
+      idleTimeoutMs: positiveInteger(env, "CODECOURIER_NETWORK_IDLE_TIMEOUT_MS", RELAY_IDLE_TIMEOUT_MS),
+      halfClosedTimeoutMs: positiveInteger(env, "CODECOURIER_NETWORK_HALF_CLOSED_TIMEOUT_MS", RELAY_HALF_CLOSED_TIMEOUT_MS),
+    },
+  };
+}
+
+function positiveInteger(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const text = env[name];
+  if (text === undefined || text === "") return fallback;
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value <= 0) throw new Error(`${name} must be a positive integer, got ${JSON.stringify(text)}`);
+  return value;
 }
 
 /** Something a request asked for that cannot be done (the API answers 400 with the message). */
@@ -59,6 +100,8 @@ export class NetworkRequestError extends Error {
 }
 
 const DROP_POLL_MS = 1000;
+/** How often the process's open descriptors are counted (between counts the socket budget tracks its own). */
+const FD_SCAN_MS = 1000;
 
 export class NetworkService {
   readonly #sandboxes = new Map<string, SandboxNetwork>();
@@ -70,6 +113,7 @@ export class NetworkService {
   readonly #dropped = new Map<string, DropCounters>();
   #hostAddresses = new Set<string>();
   #dropTimer: NodeJS.Timeout | undefined;
+  #fdScanTimer: NodeJS.Timeout | undefined;
   #unregisterExitCleanup: (() => void) | undefined;
 
   private constructor(
@@ -77,6 +121,7 @@ export class NetworkService {
     readonly proxy: EgressProxy,
     readonly dns: DnsStub,
     readonly resolver: NameResolver,
+    readonly budget: SocketBudget,
     readonly options: NetworkServiceOptions,
   ) {}
 
@@ -84,10 +129,16 @@ export class NetworkService {
   static async open(options: NetworkServiceOptions): Promise<NetworkService> {
     const addon = await loadOriginalDestination();
     const resolver = options.resolver ?? NameResolver.fromEnvironment();
+    const limits = options.limits ?? connectionLimitsFromEnvironment();
+    const fileLimit = await raiseOpenFileLimit();
+    const budget = new SocketBudget({ perSandbox: limits.maxSocketsPerSandbox, perTenant: limits.maxSocketsPerTenant }, fileLimit.soft, limits.fdBudget ?? undefined);
+    budget.observe(await openFileCount(), fileLimit.soft);
     let service: NetworkService | undefined;
     const proxy = await EgressProxy.listen({
       addon,
       resolver,
+      budget,
+      relay: limits.relay,
       sandboxAt: (address) => (service ? service.#byAddress.get(address) : undefined),
       addressContext: () => service!.addressContext(),
     });
@@ -98,15 +149,18 @@ export class NetworkService {
     });
     try {
       const host = await HostNetwork.open({ dataDir: options.dataDir, proxyPort: proxy.port, dnsPort: dns.port });
-      service = new NetworkService(host, proxy, dns, resolver, options);
+      service = new NetworkService(host, proxy, dns, resolver, budget, { ...options, limits });
       service.#refreshHostAddresses();
       for (const { sandboxId, config } of await options.store.networkConfigs()) {
         service.#configs.set(sandboxId, JSON.parse(config) as StoredNetworkConfig);
       }
       // An interrupted server kills its VMs synchronously (vmm/reaper.ts); their namespaces and the host rules go too.
       service.#unregisterExitCleanup = onHostExit(() => service!.host.removeAllNow([...service!.#attached.values()]));
-      service.#dropTimer = setInterval(() => void service!.#pollDrops(), DROP_POLL_MS);
+      // Reading drop counters spawns nft, which fails while the server is out of descriptors: skip that second.
+      service.#dropTimer = setInterval(() => void service!.#pollDrops().catch(() => {}), DROP_POLL_MS);
       service.#dropTimer.unref();
+      service.#fdScanTimer = setInterval(() => void service!.#scanOpenFiles(), FD_SCAN_MS);
+      service.#fdScanTimer.unref();
       return service;
     } catch (error) {
       await proxy.close();
@@ -137,10 +191,15 @@ export class NetworkService {
 
   // ——— configuration (the API's side) ———
 
-  /** Sets a new sandbox's policy (its template's default or the one it was created with). */
-  async configure(sandboxId: string, policy: NetworkPolicy): Promise<void> {
-    const config: StoredNetworkConfig = { policy: NetworkPolicySchema.parse(policy), tunnels: [], exposed: [] };
-    this.#sandbox(sandboxId).setPolicy(config.policy); // validates before anything is stored
+  /**
+   * Sets a new sandbox's policy (its template's default or the one it was created with) and its tenant, whose
+   * socket limit its connections count against.
+   */
+  async configure(sandboxId: string, policy: NetworkPolicy, tenantId?: string): Promise<void> {
+    const config: StoredNetworkConfig = { tenantId, policy: NetworkPolicySchema.parse(policy), tunnels: [], exposed: [] };
+    const sandbox = this.#sandbox(sandboxId);
+    sandbox.setPolicy(config.policy); // validates before anything is stored
+    sandbox.tenantId = tenantId ?? null;
     this.#configs.set(sandboxId, config);
     await this.#save(sandboxId);
   }
@@ -148,7 +207,7 @@ export class NetworkService {
   /** A fork starts with its source's policy and tunnels. */
   async copyConfiguration(fromSandboxId: string, toSandboxId: string): Promise<void> {
     const source = this.#config(fromSandboxId);
-    await this.configure(toSandboxId, source.policy);
+    await this.configure(toSandboxId, source.policy, source.tenantId);
     for (const tunnel of source.tunnels) await this.addTunnel(toSandboxId, tunnel);
   }
 
@@ -278,6 +337,7 @@ export class NetworkService {
    */
   async close(options: { sandboxesStopped?: boolean } = {}): Promise<void> {
     clearInterval(this.#dropTimer);
+    clearInterval(this.#fdScanTimer);
     this.#unregisterExitCleanup?.();
     for (const exposures of this.#exposures.values()) for (const { server } of exposures.values()) await server.close();
     for (const sandbox of this.#sandboxes.values()) sandbox.closeConnections();
@@ -300,6 +360,7 @@ export class NetworkService {
       // Until its policy is configured a sandbox gets the default: nothing allowed.
       const policy = this.#configs.get(sandboxId)?.policy ?? NetworkPolicySchema.parse({});
       sandbox = new SandboxNetwork(sandboxId, policy);
+      sandbox.tenantId = this.#configs.get(sandboxId)?.tenantId ?? null;
       this.#sandboxes.set(sandboxId, sandbox);
     }
     return sandbox;
@@ -348,6 +409,9 @@ export class NetworkService {
       listenHost: this.#exposeHost,
       listenPort: stored.hostPort,
       tokenSha256: stored.tokenSha256,
+      // Both sides of every connection to an exposed port count against the sandbox's (and its tenant's) sockets.
+      reserveSockets: (count) => this.budget.reserve(this.#sandbox(sandboxId).owner, count),
+      relay: this.options.limits?.relay,
       target: () => {
         const spec = this.#attached.get(sandboxId);
         if (!spec) throw new Error(`sandbox ${sandboxId} is not running`);
@@ -396,9 +460,27 @@ export class NetworkService {
     }
   }
 
+  /** Counts the process's descriptors and re-reads its soft limit (an operator may change it with prlimit). */
+  async #scanOpenFiles(): Promise<void> {
+    try {
+      const [count, limit] = await Promise.all([openFileCount(), openFileLimit()]);
+      this.budget.observe(count, limit.soft);
+    } catch {
+      // Most likely EMFILE itself: refuse new connections until a scan succeeds again.
+      this.budget.observeFailedScan();
+    }
+  }
+
   #refreshHostAddresses(): void {
+    let interfaces: ReturnType<typeof networkInterfaces>;
+    try {
+      interfaces = networkInterfaces();
+    } catch {
+      // getifaddrs needs a netlink socket, so this throws when the process is out of descriptors: keep the last list.
+      return;
+    }
     const addresses = new Set<string>();
-    for (const list of Object.values(networkInterfaces())) for (const info of list ?? []) if (info.family === "IPv4") addresses.add(info.address);
+    for (const list of Object.values(interfaces)) for (const info of list ?? []) if (info.family === "IPv4") addresses.add(info.address);
     this.#hostAddresses = addresses;
   }
 }

@@ -15,6 +15,7 @@ import { afterEach, describe, it } from "node:test";
 import { EXPOSE_TOKEN_HEADER } from "@codecourier/protocol/network";
 import { WebSocket, WebSocketServer } from "ws";
 import { ExposedPort, type ExposeTarget } from "./port-exposer.js";
+import { SocketBudget } from "./socket-budget.js";
 
 const HOST = "127.0.0.1";
 const TOKEN = "s3cret-token-0123456789";
@@ -437,5 +438,64 @@ describe("ExposedPort.close", () => {
     await exposed.close();
 
     await assert.rejects(send(exposed.port, { headers: withToken() }), { code: "ECONNREFUSED" });
+  });
+});
+
+describe("ExposedPort socket limits", () => {
+  const owner = { sandboxId: "sandbox", tenantId: "tenant" };
+
+  async function exposeCounted(target: ExposeTarget, budget: SocketBudget, relay?: { idleTimeoutMs: number }): Promise<ExposedPort> {
+    const exposed = await ExposedPort.listen({ listenHost: HOST, target: () => target, tokenSha256: null, reserveSockets: (count) => budget.reserve(owner, count), relay });
+    cleanups.push(() => exposed.close());
+    return exposed;
+  }
+
+  async function heldDropsTo(budget: SocketBudget, count: number): Promise<void> {
+    for (let i = 0; budget.held > count; i++) {
+      if (i > 200) assert.fail(`the budget still counts ${budget.held} sockets`);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  }
+
+  it("counts the client and the upstream socket, and gives both back when they close", TEST_TIMEOUT, async () => {
+    const origin = await startOrigin();
+    const budget = new SocketBudget({ perSandbox: 2, perTenant: 2 }, 100_000);
+    const exposed = await exposeCounted({ host: HOST, port: origin.port }, budget);
+    assert.equal((await send(exposed.port)).status, 200);
+    await heldDropsTo(budget, 0);
+    assert.equal((await send(exposed.port)).status, 200, "the places of the first request were not given back");
+  });
+
+  it("answers 503 naming the limit when the upstream socket would pass it", TEST_TIMEOUT, async () => {
+    const origin = await startOrigin();
+    const budget = new SocketBudget({ perSandbox: 1, perTenant: 10 }, 100_000);
+    const exposed = await exposeCounted({ host: HOST, port: origin.port }, budget);
+    const reply = await send(exposed.port);
+    assert.equal(reply.status, 503);
+    assert.equal(JSON.parse(reply.body).error.code, "limit_reached");
+    assert.match(JSON.parse(reply.body).error.message, /^limit:sandbox-sockets: .*limit is 1/);
+    assert.equal(origin.seen.length, 0);
+  });
+
+  it("answers a client connection past the limit with 503 and closes it", TEST_TIMEOUT, async () => {
+    const origin = await startOrigin();
+    const budget = new SocketBudget({ perSandbox: 10, perTenant: 0 }, 100_000);
+    const exposed = await exposeCounted({ host: HOST, port: origin.port }, budget);
+    const reply = await send(exposed.port);
+    assert.equal(reply.status, 503);
+    assert.match(JSON.parse(reply.body).error.message, /^limit:tenant-sockets/);
+    await heldDropsTo(budget, 0);
+  });
+
+  it("closes a request the guest never answers after the idle timeout (502), giving back both sockets", TEST_TIMEOUT, async () => {
+    const silent = createServer(() => {});
+    const port = await listen(silent);
+    cleanups.push(() => closeServer(silent));
+    const budget = new SocketBudget({ perSandbox: 10, perTenant: 10 }, 100_000);
+    const exposed = await exposeCounted({ host: HOST, port }, budget, { idleTimeoutMs: 300 });
+    const reply = await send(exposed.port);
+    assert.equal(reply.status, 502);
+    assert.match(JSON.parse(reply.body).error.message, /no bytes for/);
+    await heldDropsTo(budget, 0);
   });
 });

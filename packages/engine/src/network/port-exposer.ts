@@ -17,6 +17,8 @@ import {
 import { connect, isIPv6, type AddressInfo, type Socket } from "node:net";
 import { pipeline, type Duplex } from "node:stream";
 import { EXPOSE_TOKEN_HEADER } from "@codecourier/protocol/network";
+import { RELAY_IDLE_TIMEOUT_MS, RelayTimeoutError, relay, type RelayOptions } from "./relay.js";
+import { SocketReservation, type LimitRefusal } from "./socket-budget.js";
 
 export interface ExposeTarget {
   host: string;
@@ -35,10 +37,19 @@ export interface ExposedPortOptions {
    * store): the token itself is shown once, to whoever exposed the port.
    */
   tokenSha256: string | null;
+  /**
+   * Places for sockets this port's connections hold (client and upstream sides), counted against the sandbox's
+   * limits; without it nothing is counted.
+   */
+  reserveSockets?: (count: number) => SocketReservation | LimitRefusal;
+  /** Idle timeouts of relayed connections (and of requests the guest does not answer). */
+  relay?: RelayOptions;
 }
 
 /** A guest that does not accept a connection within this long is treated as unreachable (504). */
 const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
+/** Client connections idle out this much later than upstream ones. */
+const CLIENT_IDLE_MARGIN_MS = 2000;
 
 /** Headers that describe one hop (RFC 9110 §7.6.1), never forwarded as they are. */
 const HOP_BY_HOP_HEADERS: ReadonlySet<string> = new Set([
@@ -82,6 +93,14 @@ function upstreamFailure(error: unknown): ProxyError {
   return { status: 502, code: "bad_gateway", message: `the sandbox's port could not be reached: ${reason}` };
 }
 
+function limitReached(refusal: LimitRefusal): ProxyError {
+  return { status: 503, code: "limit_reached", message: `${refusal.rule}: ${refusal.error}` };
+}
+
+function isRefusal(places: SocketReservation | LimitRefusal): places is LimitRefusal {
+  return "rule" in places;
+}
+
 function errorBody(error: ProxyError): string {
   return JSON.stringify({ error: { code: error.code, message: error.message } });
 }
@@ -90,6 +109,8 @@ export class ExposedPort {
   readonly #server: Server;
   readonly #target: () => ExposeTarget;
   readonly #tokenDigest: Buffer | null;
+  readonly #reserveSockets: (count: number) => SocketReservation | LimitRefusal;
+  readonly #relayOptions: RelayOptions;
   /** Client and upstream sockets alike: close() must end upgraded ones too, which the http server no longer sees. */
   readonly #sockets = new Set<Socket>();
   #port = 0;
@@ -98,8 +119,15 @@ export class ExposedPort {
   private constructor(options: ExposedPortOptions) {
     this.#target = options.target;
     this.#tokenDigest = options.tokenSha256 === null ? null : Buffer.from(options.tokenSha256, "hex");
+    this.#reserveSockets = options.reserveSockets ?? ((count) => new SocketReservation(count, () => {}));
+    this.#relayOptions = options.relay ?? {};
     this.#server = createServer();
-    this.#server.on("connection", (socket: Socket) => this.#track(socket));
+    // A client connection with no bytes for this long is closed (an upgraded one gets the relay's own timers). The
+    // margin lets a request the guest leaves unanswered time out upstream first, so the client gets a 502 for it.
+    this.#server.setTimeout((this.#relayOptions.idleTimeoutMs ?? RELAY_IDLE_TIMEOUT_MS) + CLIENT_IDLE_MARGIN_MS);
+    // accept() failing (EMFILE and the like) is emitted here; the server keeps listening, so only not crashing matters.
+    this.#server.on("error", () => {});
+    this.#server.on("connection", (socket: Socket) => this.#admitClient(socket));
     this.#server.on("request", (request: IncomingMessage, response: ServerResponse) =>
       this.#relayRequest(request, response),
     );
@@ -127,6 +155,18 @@ export class ExposedPort {
       for (const socket of this.#sockets) socket.destroy();
     });
     return this.#closing;
+  }
+
+  /** A new client connection takes a place among the sandbox's sockets, or is answered 503 and closed. */
+  #admitClient(socket: Socket): void {
+    const places = this.#reserveSockets(1);
+    if (isRefusal(places)) {
+      socket.on("error", () => {});
+      answerRawSocket(socket, limitReached(places));
+      return;
+    }
+    places.bind(socket);
+    this.#track(socket);
   }
 
   #track(socket: Socket): void {
@@ -166,7 +206,10 @@ export class ExposedPort {
     request.on("error", () => undefined);
     const target = this.#admit(request, (error) => sendError(response, error));
     if (!target) return;
+    const places = this.#reserveSockets(1);
+    if (isRefusal(places)) return sendError(response, limitReached(places));
 
+    const idleMs = this.#relayOptions.idleTimeoutMs ?? RELAY_IDLE_TIMEOUT_MS;
     const upstream = httpRequest({
       host: target.host,
       port: target.port,
@@ -176,7 +219,10 @@ export class ExposedPort {
       agent: false,
     });
     upstream.on("socket", (socket: Socket) => {
+      places.bind(socket);
       this.#track(socket);
+      // A guest that accepts and never answers (or stops mid-body) does not hold both sockets for ever.
+      socket.setTimeout(idleMs, () => upstream.destroy(new RelayTimeoutError("the sandbox's port", idleMs)));
       failIfConnectIsSlow(socket, () => upstream.destroy(new UpstreamConnectTimeoutError()));
     });
     upstream.on("response", (upstreamResponse: IncomingMessage) => relayResponse(upstreamResponse, response));
@@ -199,8 +245,11 @@ export class ExposedPort {
     client.on("error", () => client.destroy());
     const target = this.#admit(request, (error) => answerRawSocket(client, error));
     if (!target) return;
+    const places = this.#reserveSockets(1);
+    if (isRefusal(places)) return answerRawSocket(client, limitReached(places));
 
-    const upstream = connect({ host: target.host, port: target.port });
+    const upstream = connect({ host: target.host, port: target.port, allowHalfOpen: true });
+    places.bind(upstream);
     this.#track(upstream);
     upstream.setNoDelay(true);
     const failBeforeConnected = (error: Error) => {
@@ -218,7 +267,7 @@ export class ExposedPort {
       client.off("close", abandonUpstream);
       upstream.write(requestHead(request, forwardedRequestHeaders(request, target, { upgrade: true })), "latin1");
       if (head.length > 0) upstream.write(head);
-      relayBothWays(client, upstream);
+      void relay(client as Socket, upstream, this.#relayOptions);
     });
   }
 }
@@ -346,23 +395,4 @@ function requestHead(request: IncomingMessage, headers: readonly string[]): stri
   let head = `${request.method ?? "GET"} ${request.url ?? "/"} HTTP/${request.httpVersion}\r\n`;
   for (let i = 0; i + 1 < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
   return `${head}\r\n`;
-}
-
-/** Splices two connections together: bytes flow both ways, a clean end is passed on, an error or abort ends both. */
-function relayBothWays(client: Duplex, upstream: Socket): void {
-  const destroyBoth = () => {
-    client.destroy();
-    upstream.destroy();
-  };
-  for (const [from, to] of [
-    [client, upstream],
-    [upstream, client],
-  ] as const) {
-    from.pipe(to);
-    from.on("error", destroyBoth);
-    // pipe() passes on a clean end by itself; a side torn down without one would otherwise leave the other open.
-    from.on("close", () => {
-      if (!from.readableEnded) to.destroy();
-    });
-  }
 }

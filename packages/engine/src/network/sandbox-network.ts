@@ -7,6 +7,7 @@ import type { Socket } from "node:net";
 import type { ApiTunnel, NetworkPolicy } from "@codecourier/protocol/network";
 import { NetworkEventLog } from "./event-log.js";
 import { compilePolicy, type CompiledPolicy } from "./policy.js";
+import type { SocketOwner } from "./socket-budget.js";
 
 /** Tunnel names resolve to addresses from this block (benchmarking range: never a real destination). */
 const TUNNEL_BLOCK = "198.18.0.";
@@ -26,7 +27,10 @@ export class SandboxNetwork {
   #policy: CompiledPolicy;
   readonly tunnels = new Map<string, Tunnel>();
   readonly events = new NetworkEventLog();
+  /** The sockets of its proxied connections (both sides), so that they can be ended with the sandbox. */
   readonly connections = new Set<Socket>();
+  /** The tenant whose limits its sockets count against; null when not known (see SocketOwner). */
+  tenantId: string | null = null;
   /** Address → name, for addresses our DNS answered with (most recent last). */
   readonly #answers = new Map<string, string>();
 
@@ -35,6 +39,10 @@ export class SandboxNetwork {
     policy: NetworkPolicy,
   ) {
     this.#policy = compilePolicy(policy);
+  }
+
+  get owner(): SocketOwner {
+    return { sandboxId: this.sandboxId, tenantId: this.tenantId };
   }
 
   get policy(): CompiledPolicy {

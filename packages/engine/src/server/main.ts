@@ -61,9 +61,12 @@ const sandboxes = new SandboxService(engine, store, {
 const app = buildApp({ accel, image, region, store, sandboxes, network, networkUnavailable, logError: log });
 const port = serverPort();
 await app.listen({ host: "127.0.0.1", port });
+// Fastify listens for 'error' only while starting; a failed accept() later (EMFILE) is emitted here and would end the
+// process. libuv has already dropped that one connection and keeps listening, so there is nothing else to do.
+app.server.on("error", () => {});
 log(`CodeCourier listening on http://127.0.0.1:${port} (accelerator: ${accel.accel} — ${accel.reason}; region ${region}; data: ${dataDir()})`);
 log(`VM resource limits: ${hostCgroups().summary}`);
-log(network ? `sandbox networking: default-deny egress through the proxy (pool ${network.host.pool})` : `sandbox networking OFF: ${networkUnavailable}`);
+log(network ? `sandbox networking: default-deny egress through the proxy (pool ${network.host.pool}; new connections refused past ${network.budget.fdBudget} open descriptors)` : `sandbox networking OFF: ${networkUnavailable}`);
 
 if ((await store.tenantCount()) === 0) {
   // Shown once: only its hash is stored. More keys: `codecourier keys create --tenant NAME`.

@@ -23,13 +23,17 @@ export function runTool(
       env: options.env ?? process.env,
       stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
     });
+    // First, before anything else can throw: a spawn that fails (ENOENT; EMFILE when the process is out of
+    // descriptors) is reported as an 'error' event, and an 'error' without a listener would end the server.
+    child.on("error", (e) => reject(new ToolError(command, null, e.message)));
+    // After a failed spawn Node gives the child no pipes at all; the 'error' above rejects.
+    if (!child.stdout || !child.stderr) return;
     const out: Buffer[] = [];
     let err = "";
-    child.stdout!.on("data", (chunk: Buffer) => out.push(chunk));
-    child.stderr!.on("data", (chunk: Buffer) => {
+    child.stdout.on("data", (chunk: Buffer) => out.push(chunk));
+    child.stderr.on("data", (chunk: Buffer) => {
       err = (err + chunk.toString()).slice(-8192);
     });
-    child.on("error", (e) => reject(new ToolError(command, null, e.message)));
     child.on("close", (code) => {
       if (code === 0) resolve(Buffer.concat(out));
       else reject(new ToolError(command, code, err));

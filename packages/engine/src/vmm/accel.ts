@@ -37,8 +37,13 @@ export async function bootToMarker(
   const started = performance.now();
   const child = spawn(QEMU_BINARY, args, { stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
-  child.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4096)));
   let exited = false;
+  // A failed spawn (EMFILE, ENOENT) emits 'error', never 'exit', and leaves no pipes.
+  child.on("error", (error) => {
+    stderr += error.message;
+    exited = true;
+  });
+  child.stderr?.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4096)));
   child.on("exit", () => (exited = true));
   try {
     // The console is a file QEMU appends to; polling it every few ms is as fast as a pipe and has no

@@ -88,7 +88,9 @@ export async function saveMigrationStream(
   });
   try {
     await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
+      // on, not once: a failed accept() later (EMFILE) is emitted here too, and after a first one an 'error' without
+      // a listener would end the server; rejecting a settled promise does nothing.
+      server.on("error", reject);
       server.listen(socketPath, resolve);
     });
     await qmp.execute("migrate", { uri: `unix:${socketPath}` });

@@ -14,9 +14,12 @@ export interface QemuProcess {
 }
 
 export function spawnedProcess(child: ChildProcess): QemuProcess {
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once("exit", (code, signal) => resolve({ code, signal })),
-  );
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.once("exit", (code, signal) => resolve({ code, signal }));
+    // A spawn that failed (EMFILE when the server is out of descriptors) emits 'error' and never 'exit': without
+    // this listener the 'error' would end the server; with it the VM's start fails as if QEMU had exited.
+    child.on("error", () => resolve({ code: null, signal: null }));
+  });
   return {
     pid: child.pid,
     exited,
