@@ -3,7 +3,7 @@ import { Readable } from "node:stream";
 import { setImmediate as nextTurn } from "node:timers/promises";
 import type { ApiOutputEncoding } from "@codecourier/protocol/api";
 import type { ExecSpec } from "@codecourier/protocol";
-import type { AgentClient } from "../agent-client/index.js";
+import type { AgentClient, RunResult } from "../agent-client/index.js";
 import type { OutputBudget } from "./output-budget.js";
 import { spawnErrorLine } from "./processes.js";
 
@@ -13,17 +13,11 @@ import { spawnErrorLine } from "./processes.js";
  * big answer nor many at once hold the server's memory or its event loop.
  */
 
-/** A finished command's outcome, holding its collected output until the answer has been sent. */
-export interface CompletedCommand {
-  exitCode: number | null;
-  signal: string | null;
-  timedOut: boolean;
-  stdout: Buffer;
-  stderr: Buffer;
-  stdoutTotalBytes: number;
-  stderrTotalBytes: number;
-  stdoutTruncated: boolean;
-  stderrTruncated: boolean;
+/**
+ * A finished command's outcome (a spawn error is folded into stderr), holding its collected output until the
+ * answer has been sent.
+ */
+export interface CompletedCommand extends Omit<RunResult, "spawnError"> {
   /** Gives the collected output's bytes back to the budget; idempotent. */
   release(): void;
 }

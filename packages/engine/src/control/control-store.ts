@@ -28,28 +28,9 @@ export interface ControlTables {
     created_at: number;
   };
   /** What each tenant uses now: the sum of its quota holds (control/tenant-quota.ts). */
-  tenant_usage: {
-    tenant_id: string;
-    sandboxes: number;
-    cpus: number;
-    memory_mb: number;
-    disk_mb: number;
-    snapshots: number;
-    snapshot_bytes: number;
-  };
+  tenant_usage: { tenant_id: string } & QuotaColumns;
   /** One per live sandbox or kept snapshot: what it takes from its tenant's limits. */
-  quota_holds: {
-    hold_id: string;
-    tenant_id: string;
-    subject_id: string | null;
-    sandboxes: number;
-    cpus: number;
-    memory_mb: number;
-    disk_mb: number;
-    snapshots: number;
-    snapshot_bytes: number;
-    created_at: number;
-  };
+  quota_holds: { hold_id: string; tenant_id: string; subject_id: string | null; created_at: number } & QuotaColumns;
   api_keys: {
     id: string;
     tenant_id: string;
@@ -99,6 +80,16 @@ export interface ControlTables {
     sandbox_id: string;
     config: string;
   };
+}
+
+/** The amounts a quota hold takes and a tenant's usage sums up. */
+export interface QuotaColumns {
+  sandboxes: number;
+  cpus: number;
+  memory_mb: number;
+  disk_mb: number;
+  snapshots: number;
+  snapshot_bytes: number;
 }
 
 export type SandboxOwnerRow = ControlTables["sandbox_owners"];
