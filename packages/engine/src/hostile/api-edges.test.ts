@@ -232,7 +232,7 @@ describe("API edges (real server, real VM; hostile suite)", () => {
       todo:
         "the guest agent commits a cancelled stream: Node's http2 ends a stream reset by the host (RST_STREAM CANCEL) " +
         "with a normal 'end', so receiveFileContent (packages/agent/src/files/content.ts) renames the partial temp file " +
-        "into place; the host does cancel the stream",
+        "into place (every time when the client hangs up, now and then after a 408); the host does cancel the stream",
     },
     async () => {
       const write = (path: string, body: string) =>
@@ -246,8 +246,16 @@ describe("API edges (real server, real VM; hostile suite)", () => {
         `PUT /v1/sandboxes/${sandboxId}/files/content?path=%2Froot%2Fkept HTTP/1.1\r\nHost: 127.0.0.1\r\n` +
         `Authorization: Bearer ${key}\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n`;
       assert.equal((await rawExchange(port, head, "cut")).status, 408);
-      const kept = await call("GET", `/v1/sandboxes/${sandboxId}/files/content?path=%2Froot%2Fkept`, key);
-      assert.equal(kept.text, "old content");
+      const read = async () => (await call("GET", `/v1/sandboxes/${sandboxId}/files/content?path=%2Froot%2Fkept`, key)).text;
+      assert.equal(await read(), "old content", "after a 408");
+      // The client hangs up mid-body (seen committing "cut" every time here).
+      const socket = connect(port, "127.0.0.1");
+      socket.on("error", () => {});
+      socket.write(`${head}cut`);
+      await sleep(700);
+      socket.destroy();
+      await sleep(1000);
+      assert.equal(await read(), "old content", "after the client hung up");
     },
   );
 

@@ -57,7 +57,7 @@ export function buildApp(context: AppContext): FastifyInstance {
   app.addHook("onClose", async () => keyStreams?.close());
   // Every body (JSON or a file's bytes) fails with 408 once its client stops sending: a trickled body would pin a
   // guest write or an upload chunk's lock for as long as the client likes.
-  app.addHook("preParsing", async (_request, _reply, payload) => guardBodyIdle(payload, idleMs));
+  app.addHook("preParsing", async (request, _reply, payload) => (hasBody(request) ? guardBodyIdle(payload, idleMs) : payload));
   const routes = context.sandboxes
     ? [...sandboxRoutes(context.sandboxes), ...fileRoutes(context.sandboxes), ...watchRoutes(context.sandboxes), ...processRoutes(new ProcessService(context.sandboxes)), ...networkRoutes(context.sandboxes, context.network)]
     : [];
@@ -140,6 +140,12 @@ async function authenticate(context: AppContext, request: FastifyRequest): Promi
 async function optionalAuthentication(context: AppContext, request: FastifyRequest): Promise<Authenticated | undefined> {
   const apiKey = bearerKey(request);
   return apiKey === undefined ? undefined : context.store?.authenticateKey(apiKey);
+}
+
+/** Whether the request comes with a body (a length over 0, or chunked): the rest have nothing to time out. */
+function hasBody(request: FastifyRequest): boolean {
+  const length = request.headers["content-length"];
+  return request.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0");
 }
 
 /** Whether the client closed its connection before its answer: its request's errors are nobody's concern. */

@@ -44,6 +44,9 @@ export function guardBodyIdle(source: Readable, idleMs: number): Readable & { re
     },
   }) as Readable & { receivedEncodedLength: number };
   guarded.receivedEncodedLength = 0;
+  // Its readers listen for errors themselves; a body nobody reads (the route refused before reading it) must not
+  // turn its client's hang-up into an uncaught error.
+  guarded.on("error", () => {});
   const onData = (chunk: Buffer) => {
     disarm();
     guarded.receivedEncodedLength += chunk.length;
