@@ -148,9 +148,12 @@ function hasBody(request: FastifyRequest): boolean {
   return request.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0");
 }
 
-/** Whether the client closed its connection before its answer: its request's errors are nobody's concern. */
+/**
+ * Whether the client closed its connection before its answer: its request's errors are nobody's concern. (A request
+ * is also `destroyed` once its body was read to the end, so only a request destroyed before it was complete counts.)
+ */
 function clientWentAway(request: FastifyRequest): boolean {
-  return request.raw.destroyed || request.raw.socket?.destroyed === true || (!request.raw.complete && request.raw.readableAborted);
+  return request.raw.socket?.destroyed === true || (!request.raw.complete && (request.raw.destroyed || request.raw.readableAborted));
 }
 
 /** A stream that fails after its answer began (the status is sent): logged when unexpected, since the client only sees a cut. */
