@@ -33,11 +33,13 @@ const log = (line: string) => process.stderr.write(`${line}\n`);
 const region = process.env.CODECOURIER_REGION ?? "local";
 const poolSize = Number(process.env.CODECOURIER_POOL_SIZE ?? "1");
 if (!Number.isInteger(poolSize) || poolSize < 0 || poolSize > 64) throw new Error(`CODECOURIER_POOL_SIZE must be 0..64, got ${process.env.CODECOURIER_POOL_SIZE}`);
+// Read now, so that a bad setting stops the start before anything runs.
+const housekeepingSettings = { endedRetentionMs: endedSandboxRetentionMs(), revokedTenantGraceMs: revokedTenantGraceMs(), intervalMs: housekeepingIntervalMs() };
 
 // Guest images keep their files' modes inside the guest, so they are built under the usual umask (nothing else
 // runs yet). They hold no tenant data.
+mkdirSync(dataDir(), { recursive: true, mode: PRIVATE_DIR_MODE }); // before the images, which would make it 0755
 const image = await withGuestImageUmask(() => ensureGuestImage((line) => log(`images: ${line}`)));
-mkdirSync(dataDir(), { recursive: true, mode: PRIVATE_DIR_MODE });
 const permissions = secureDataDir(dataDir());
 if (permissions.fixed.length > 0) log(`WARNING: the data dir was readable by other users; made private (0700 dirs, 0600 files): ${permissions.fixed.join("; ")}`);
 for (const problem of permissions.problems) log(`WARNING: data dir not private: ${problem}`);
@@ -70,8 +72,8 @@ if ((await store.tenantCount()) === 0) {
 
 // Records of ended sandboxes are pruned after a retention period; a tenant whose keys are all revoked has its
 // sandboxes stopped after a grace period (config.ts).
-const housekeeping = new SandboxHousekeeping(engine, sandboxes, store, { endedRetentionMs: endedSandboxRetentionMs(), revokedTenantGraceMs: revokedTenantGraceMs(), log });
-const housekeepingTimer = setInterval(() => void housekeeping.sweep(), housekeepingIntervalMs());
+const housekeeping = new SandboxHousekeeping(engine, sandboxes, store, { ...housekeepingSettings, log });
+const housekeepingTimer = setInterval(() => void housekeeping.sweep(), housekeepingSettings.intervalMs);
 housekeepingTimer.unref();
 
 // The default template shape is made now, so that the first create does not wait for a cold boot.
