@@ -12,6 +12,10 @@ import { registerServerCommand } from "./commands/server.js";
 import { registerSnapshotCommands } from "./commands/snapshots.js";
 import { registerNetworkCommands } from "./commands/network.js";
 import { fail } from "./progress.js";
+import { restrictUmask } from "@codecourier/engine";
+
+// What the CLI makes in the data dir (control.db by `keys`, VM files by `vm run`) is this user's only (0600/0700).
+restrictUmask();
 
 const program = new Command()
   .name("codecourier")

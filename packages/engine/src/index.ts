@@ -1,4 +1,5 @@
 export { dataDir, serverPort, ENGINE_VERSION } from "./config.js";
+export { restrictUmask, withGuestImageUmask, secureDataDir } from "./state/data-dir-permissions.js";
 export { ensureGuestImage, type GuestImage } from "./images/guest-image.js";
 export { GUEST_BUSYBOX } from "./images/guest-scripts.js";
 export { chooseAccelerator, bootToMarker, qemuVersion, type AcceleratorChoice } from "./vmm/accel.js";

@@ -327,7 +327,11 @@ export const API_ERROR_CODES = {
   /** The sandbox exists (it is the caller's) but has ended: killed, timed out or lost. */
   sandbox_gone: 404,
   conflict: 409,
+  /** A request body that sent nothing for longer than the server's body idle timeout (docs/api.md). */
+  request_timeout: 408,
   payload_too_large: 413,
+  /** The request's headers are larger than the server accepts. */
+  headers_too_large: 431,
   quota_exceeded: 403,
   internal: 500,
   unavailable: 503,

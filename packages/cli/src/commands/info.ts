@@ -1,5 +1,5 @@
 import type { Command } from "commander";
-import { chooseAccelerator, dataDir, ensureGuestImage } from "@codecourier/engine";
+import { chooseAccelerator, dataDir, ensureGuestImage, withGuestImageUmask } from "@codecourier/engine";
 import { progress } from "../progress.js";
 
 export function registerInfoCommand(program: Command): void {
@@ -8,7 +8,7 @@ export function registerInfoCommand(program: Command): void {
     .description("Show the accelerator this host uses, the guest image and the data directory")
     .option("--json", "print JSON")
     .action(async (opts: { json?: boolean }) => {
-      const image = await ensureGuestImage((line) => progress(line));
+      const image = await withGuestImageUmask(() => ensureGuestImage((line) => progress(line)));
       const accel = await chooseAccelerator(image);
       const info = { accel: accel.accel, accelReason: accel.reason, image: image.id, kernel: image.kernelVersion, dataDir: dataDir() };
       if (opts.json) console.log(JSON.stringify(info, null, 2));

@@ -15,7 +15,8 @@ export function registerServerCommand(program: Command): void {
     .summary("Run the CodeCourier server")
     .description(
       "Run the CodeCourier server on this host, on its embedded defaults (SQLite and local disk). Builds the guest " +
-        "image on first use. The first start prints an admin API key once. Flags override CODECOURIER_PORT, " +
+        "image on first use. The first start prints an admin API key once (not on a terminal: writes it to " +
+        "$CODECOURIER_HOME/admin-key, mode 0600). Flags override CODECOURIER_PORT, " +
         "CODECOURIER_HOME, CODECOURIER_REGION and CODECOURIER_POOL_SIZE.",
     )
     .option("--port <port>", "port on 127.0.0.1 (default 7070)", parsePositiveInt("port"))

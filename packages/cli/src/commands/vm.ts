@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { finished } from "node:stream/promises";
-import { ensureGuestImage, Vm, VmError } from "@codecourier/engine";
+import { ensureGuestImage, withGuestImageUmask, Vm, VmError } from "@codecourier/engine";
 import { signalExitCode } from "../exit-status.js";
 import { collectKeyValues, parsePositiveInt } from "../parse.js";
 import { fail, progress } from "../progress.js";
@@ -17,7 +17,7 @@ export function registerVmCommands(program: Command): void {
     .argument("<command...>", "the command and its arguments (after --)")
     .action(async (command: string[], opts: { memory: number; cpus: number; shell?: boolean; cwd: string; env?: Record<string, string> }) => {
       const started = Date.now();
-      const image = await ensureGuestImage((line) => progress(line));
+      const image = await withGuestImageUmask(() => ensureGuestImage((line) => progress(line)));
       let machine: Vm;
       try {
         machine = await Vm.boot({ image, memoryMiB: opts.memory, cpus: opts.cpus });

@@ -1,6 +1,7 @@
 // The control plane's records on a real SQLite file: keys, tenants, ownership, pagination order.
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import Database from "better-sqlite3";
+import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -66,5 +67,85 @@ describe("ControlStore (SQLite)", () => {
     await store.setSandboxTimeout("sb-1", 500);
     assert.deepEqual((await store.timedOutSandboxes(600)).map((r) => r.sandbox_id), ["sb-1"]);
     assert.deepEqual(await store.timedOutSandboxes(400), []);
+  });
+
+  it("makes its database file 0600 whatever the umask", async () => {
+    const previous = process.umask(0o022);
+    try {
+      const path = join(dir, "fresh.db");
+      const fresh = await ControlStore.openSqlite(path);
+      await fresh.createKey("team-z");
+      assert.equal((await stat(path)).mode & 0o777, 0o600);
+      await fresh.close();
+    } finally {
+      process.umask(previous);
+    }
+  });
+
+  it("names the revoked keys among those asked about, and the tenants locked out a grace period ago", async () => {
+    const x1 = await store.createKey("locked-x");
+    const x2 = await store.createKey("locked-x");
+    const y = await store.createKey("locked-y");
+    assert.equal((await store.authenticateKey(x1.apiKey))?.keyId, x1.keyId);
+    await store.revokeKey(x1.keyId);
+    assert.deepEqual([...(await store.revokedKeyIds([x1.keyId, x2.keyId, "key_gone"]))].sort(), [x1.keyId, "key_gone"].sort());
+    const xId = (await store.tenantByName("locked-x"))!.id;
+    const yId = (await store.tenantByName("locked-y"))!.id;
+    assert.ok(!(await store.lockedOutTenantIds(Date.now() + 60_000)).includes(xId), "a tenant with one valid key left is not locked out");
+    await store.revokeKey(x2.keyId);
+    const revokedAt = Date.now();
+    assert.ok((await store.lockedOutTenantIds(revokedAt + 60_000)).includes(xId), "all keys revoked, grace over");
+    assert.ok(!(await store.lockedOutTenantIds(revokedAt - 60_000)).includes(xId), "all keys revoked, still in the grace period");
+    assert.ok(!(await store.lockedOutTenantIds(revokedAt + 60_000)).includes(yId), "a tenant with a valid key");
+    await store.createKey("locked-x");
+    assert.ok(!(await store.lockedOutTenantIds(revokedAt + 60_000)).includes(xId), "a new key lets the tenant back in");
+    void y;
+  });
+
+  it("prunes ended sandboxes' records after the retention, except those a snapshot still names", async () => {
+    const t = (await store.ensureTenant("prune-t")).id;
+    const row = (id: string): SandboxOwnerRow => ({
+      sandbox_id: id, tenant_id: t, template: "base@1", metadata: "{}", env: "{}", region: "r", cpus: 1, memory_mb: 512, disk_mb: 4096,
+      created_at: 1, timeout_at: 5, on_timeout: "kill",
+    });
+    for (const id of ["p-live", "p-old", "p-new", "p-snap"]) {
+      await store.recordSandbox(row(id));
+      await store.saveNetworkConfig(id, "{}");
+    }
+    await store.recordSnapshot("snap-1", t, "p-snap");
+    await store.markSandboxEnded("p-old", 1000);
+    await store.markSandboxEnded("p-old", 9000); // the first time seen ended counts
+    await store.markSandboxEnded("p-snap", 1000);
+    await store.markSandboxEnded("p-new", 5000);
+    assert.ok(!(await store.sandboxesNotEnded()).includes("p-old"));
+    assert.ok((await store.sandboxesNotEnded()).includes("p-live"));
+    assert.deepEqual(await store.pruneEndedSandboxes(2000), ["p-old"]);
+    assert.equal(await store.ownedSandbox(t, "p-old"), undefined);
+    assert.ok(!(await store.networkConfigs()).some((c) => c.sandboxId === "p-old"), "its network settings went with it");
+    assert.ok(await store.ownedSandbox(t, "p-snap"), "kept: snapshot snap-1 names it");
+    assert.ok(await store.ownedSandbox(t, "p-new"), "kept: ended too recently");
+    await store.forgetSnapshot("snap-1");
+    assert.deepEqual((await store.pruneEndedSandboxes(6000)).sort(), ["p-new", "p-snap"]);
+    // A row copied from an ended one (a fork's, from its source's) starts not ended.
+    await store.recordSandbox({ ...row("p-fork"), ...{ ended_at: 1234 } } as SandboxOwnerRow);
+    assert.ok((await store.sandboxesNotEnded()).includes("p-fork"));
+  });
+
+  it("adds ended_at to a database made before it existed", async () => {
+    const path = join(dir, "old.db");
+    const old = new Database(path);
+    old.exec(`create table tenants (id text primary key, name text not null unique, max_sandboxes integer not null, max_cpus integer not null, max_memory_mb integer not null, created_at bigint not null);
+      create table sandbox_owners (sandbox_id text primary key, tenant_id text not null references tenants(id), template text not null, metadata text not null, env text not null, region text not null, cpus integer not null, memory_mb integer not null, created_at bigint not null, timeout_at bigint, on_timeout text not null);
+      insert into tenants values ('ten_1', 'old', 1, 1, 512, 1);
+      insert into sandbox_owners values ('sb-old', 'ten_1', 'base@1', '{}', '{}', 'r', 1, 512, 1, null, 'kill');`);
+    old.close();
+    const migrated = await ControlStore.openSqlite(path);
+    try {
+      assert.deepEqual(await migrated.sandboxesNotEnded(), ["sb-old"]);
+      await migrated.markSandboxEnded("sb-old", 10);
+      assert.deepEqual(await migrated.pruneEndedSandboxes(10), ["sb-old"]);
+    } finally {
+      await migrated.close();
+    }
   });
 });

@@ -1,6 +1,6 @@
 import Database from "better-sqlite3";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdirSync } from "node:fs";
+import { closeSync, mkdirSync, openSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { dataDir } from "../config.js";
 import { Kysely, SqliteDialect, sql, type Dialect } from "kysely";
@@ -57,6 +57,8 @@ export interface ControlTables {
     created_at: number;
     timeout_at: number | null;
     on_timeout: "kill" | "pause";
+    /** When the server first saw the sandbox ended (stopped, killed, lost); its rows are pruned a retention period later. */
+    ended_at: number | null;
   };
   /** A template name's saved snapshot for one VM shape: a clone has its template's vCPUs and RAM. */
   templates: {
@@ -92,7 +94,14 @@ export interface QuotaColumns {
   snapshot_bytes: number;
 }
 
-export type SandboxOwnerRow = ControlTables["sandbox_owners"];
+/** A sandbox's owner record as the service makes it; `ended_at` is the control store's own business. */
+export type SandboxOwnerRow = Omit<ControlTables["sandbox_owners"], "ended_at">;
+
+/** A request's API key: whose it is, and which key (streams opened with it end when it is revoked). */
+export interface Authenticated {
+  tenant: Tenant;
+  keyId: string;
+}
 
 export interface Tenant {
   id: string;
@@ -173,7 +182,10 @@ export class ControlStore {
 
   /** The embedded default: a SQLite file (WAL, so the CLI can manage keys while the server runs). */
   static async openSqlite(path: string): Promise<ControlStore> {
-    mkdirSync(dirname(path), { recursive: true });
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    // Made 0600 before SQLite opens it (SQLite makes its -wal and -shm files with the database's mode): the
+    // database holds key hashes and sandboxes' env, whatever the umask of the process that creates it.
+    closeSync(openSync(path, "a", 0o600));
     const database = new Database(path);
     database.pragma("journal_mode = WAL");
     database.pragma("busy_timeout = 5000");
@@ -227,7 +239,12 @@ export class ControlStore {
       .addColumn("created_at", "bigint", (c) => c.notNull())
       .addColumn("timeout_at", "bigint")
       .addColumn("on_timeout", "text", (c) => c.notNull())
+      .addColumn("ended_at", "bigint")
       .execute();
+    // Databases made before ended_at existed get it added (null: "not seen ended yet", so the next sweep sets it).
+    const ownerColumns = (await this.db.introspection.getTables()).find((t) => t.name === "sandbox_owners")?.columns ?? [];
+    if (!ownerColumns.some((c) => c.name === "ended_at")) await schema.alterTable("sandbox_owners").addColumn("ended_at", "bigint").execute();
+    await schema.createIndex("sandbox_owners_ended").ifNotExists().on("sandbox_owners").column("ended_at").execute();
     await schema.createIndex("sandbox_owners_tenant").ifNotExists().on("sandbox_owners").columns(["tenant_id", "created_at"]).execute();
     await schema
       .createTable("templates")
@@ -351,21 +368,53 @@ export class ControlStore {
 
   /** The tenant an API key belongs to, or undefined for an unknown or revoked key. */
   async authenticate(apiKey: string): Promise<Tenant | undefined> {
+    return (await this.authenticateKey(apiKey))?.tenant;
+  }
+
+  /** The tenant and key id of an API key, or undefined for an unknown or revoked key. */
+  async authenticateKey(apiKey: string): Promise<Authenticated | undefined> {
     if (!apiKey.startsWith(KEY_PREFIX) || apiKey.length > 200) return undefined;
     const row = await this.db
       .selectFrom("api_keys")
       .innerJoin("tenants", "tenants.id", "api_keys.tenant_id")
       .selectAll("tenants")
+      .select("api_keys.id as key_id")
       .where("api_keys.key_hash", "=", hashKey(apiKey))
       .where("api_keys.revoked_at", "is", null)
       .executeTakeFirst();
-    return row && toTenant(row);
+    return row && { tenant: toTenant(row), keyId: row.key_id };
+  }
+
+  /** Which of these keys are revoked (or gone): one query, however many streams are open with them. */
+  async revokedKeyIds(keyIds: string[]): Promise<Set<string>> {
+    if (keyIds.length === 0) return new Set();
+    const valid = await this.db.selectFrom("api_keys").select("id").where("id", "in", keyIds).where("revoked_at", "is", null).execute();
+    const validIds = new Set(valid.map((row) => row.id));
+    return new Set(keyIds.filter((id) => !validIds.has(id)));
+  }
+
+  /**
+   * Tenants locked out: they have keys, every one of them is revoked, and the last revocation is at or before
+   * `revokedBefore` (a grace period ago). A tenant given a new key is no longer one.
+   */
+  async lockedOutTenantIds(revokedBefore: number): Promise<string[]> {
+    const rows = await this.db
+      .selectFrom("api_keys")
+      .select("tenant_id")
+      .groupBy("tenant_id")
+      // count(revoked_at) counts the revoked keys only: equal to count(id), every key of the tenant is revoked.
+      .having((eb) => eb(eb.fn.count("id"), "=", eb.fn.count("revoked_at")))
+      .having((eb) => eb(eb.fn.max("revoked_at"), "<=", revokedBefore))
+      .execute();
+    return rows.map((row) => row.tenant_id);
   }
 
   // ——— sandboxes and snapshots by tenant ———
 
   async recordSandbox(row: SandboxOwnerRow): Promise<void> {
-    await this.db.insertInto("sandbox_owners").values(row).execute();
+    // Spelled out, so that a row copied from another (a fork's, from its source's) never brings its ended_at along.
+    const { ended_at: _copied, ...fields } = row as SandboxOwnerRow & { ended_at?: unknown };
+    await this.db.insertInto("sandbox_owners").values({ ...fields, ended_at: null }).execute();
   }
 
   /** The sandbox's record if `tenantId` owns it; another tenant's sandbox is indistinguishable from none. */
@@ -407,6 +456,50 @@ export class ControlStore {
 
   async removeNetworkConfig(sandboxId: string): Promise<void> {
     await this.db.deleteFrom("sandbox_networks").where("sandbox_id", "=", sandboxId).execute();
+  }
+
+  /** Ids of the sandboxes not yet seen ended: the ones a sweep asks the engine about. */
+  async sandboxesNotEnded(): Promise<string[]> {
+    return (await this.db.selectFrom("sandbox_owners").select("sandbox_id").where("ended_at", "is", null).execute()).map((row) => row.sandbox_id);
+  }
+
+  /** A tenant's sandboxes not yet seen ended (a locked-out tenant's: the ones to stop). */
+  async tenantSandboxesNotEnded(tenantId: string): Promise<string[]> {
+    const rows = await this.db.selectFrom("sandbox_owners").select("sandbox_id").where("tenant_id", "=", tenantId).where("ended_at", "is", null).execute();
+    return rows.map((row) => row.sandbox_id);
+  }
+
+  /** Records when a sandbox was seen ended (only the first time: a later sweep keeps the earlier time). */
+  async markSandboxEnded(sandboxId: string, endedAt: number): Promise<void> {
+    await this.db.updateTable("sandbox_owners").set({ ended_at: endedAt, timeout_at: null }).where("sandbox_id", "=", sandboxId).where("ended_at", "is", null).execute();
+  }
+
+  /** Every snapshot owner row's snapshot id: the caller drops those whose snapshot is gone. */
+  async ownedSnapshotIds(): Promise<string[]> {
+    return (await this.db.selectFrom("snapshot_owners").select("snapshot_id").execute()).map((row) => row.snapshot_id);
+  }
+
+  /**
+   * Removes the records of sandboxes that ended at or before `endedBefore` — owner row and network settings — except
+   * those a snapshot owner row still names (a fork from that snapshot takes its shape from the source's row).
+   * Returns the ids pruned.
+   */
+  async pruneEndedSandboxes(endedBefore: number): Promise<string[]> {
+    return this.db.transaction().execute(async (trx) => {
+      const rows = await trx
+        .selectFrom("sandbox_owners")
+        .select("sandbox_id")
+        .where("ended_at", "is not", null)
+        .where("ended_at", "<=", endedBefore)
+        .where((eb) => eb.not(eb.exists(eb.selectFrom("snapshot_owners").select("snapshot_id").whereRef("snapshot_owners.sandbox_id", "=", "sandbox_owners.sandbox_id"))))
+        .execute();
+      const ids = rows.map((row) => row.sandbox_id);
+      if (ids.length > 0) {
+        await trx.deleteFrom("sandbox_networks").where("sandbox_id", "in", ids).execute();
+        await trx.deleteFrom("sandbox_owners").where("sandbox_id", "in", ids).execute();
+      }
+      return ids;
+    });
   }
 
   async setSandboxTimeout(sandboxId: string, timeoutAt: number | null): Promise<void> {

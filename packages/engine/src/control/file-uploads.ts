@@ -96,6 +96,8 @@ export class FileUploads {
     return this.#exclusive(upload, async () => {
       const { agent } = await this.sandboxes.runningSandbox(tenant, sandboxId);
       const stored = await agent.writeFileAt(upload.partialPath, offset, body).catch((error: unknown) => {
+        // The body failed on its own terms (it sent nothing for too long: 408): that is the answer.
+        if (body.errored instanceof ApiError) throw body.errored;
         // The client went away mid-chunk: an everyday event for an upload made to be resumed, not a server fault.
         if (body.destroyed && !body.readableEnded) throw new ApiError("bad_request", "the chunk's request ended before its body did");
         throw error;

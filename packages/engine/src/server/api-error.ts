@@ -43,6 +43,9 @@ export const notFound = (what: string) => new ApiError("not_found", what);
 export function toApiError(error: unknown): { apiError: ApiError; unexpected: boolean } {
   if (error instanceof ApiError) return { apiError: error, unexpected: false };
   if (error instanceof QuotaExceededError) return { apiError: new ApiError("quota_exceeded", error.message, error.breach), unexpected: false };
+  // The request's own failure underneath the one it caused: a body that timed out (408) while streaming into the
+  // guest fails the agent call that was reading it.
+  if (error instanceof Error && error.cause instanceof ApiError) return { apiError: error.cause, unexpected: false };
   if (error instanceof ZodError) {
     const issues = error.issues.map((issue) => `${issue.path.join(".") || "body"}: ${issue.message}`).join("; ");
     return { apiError: new ApiError("bad_request", issues), unexpected: false };

@@ -118,7 +118,7 @@ describe("git and sync through the SDK (real server, real VM)", () => {
 
   before(async () => {
     server = await startLocalServer({ prefix: "ccgitsync-" });
-    const key = /API key for tenant "admin" \(shown once, keep it\): (\S+)/.exec(server.log())?.[1] ?? "";
+    const key = await server.adminKey();
     sdk = await import("@codecourier/sdk");
     sandbox = await sdk.createSandbox({ url: server.url, apiKey: key }).catch((error: unknown) => {
       throw new Error(`no sandbox: ${String(error)}\nserver log:\n${server.log()}`);

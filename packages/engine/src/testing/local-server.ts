@@ -1,8 +1,9 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { rm } from "node:fs/promises";
+import { readFile, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { ADMIN_KEY_FILE } from "../config.js";
 import { CONTROL_DATABASE_FILE, ControlStore } from "../control/control-store.js";
 import { isolatedDataDir } from "./isolated-data-dir.js";
 
@@ -14,10 +15,12 @@ export interface LocalServer {
   readonly url: string;
   /** Its data dir (CODECOURIER_HOME): `codecourier keys` and ControlStore work on it directly. */
   readonly home: string;
-  /** Everything the server has written to stderr so far (progress, the first start's admin key). */
+  /** Everything the server has written to stderr so far (progress, warnings, unexpected errors). */
   log(): string;
   /** The server process's pid (for its fds and memory in /proc). */
   pid(): number;
+  /** The first start's admin key: its stderr is a pipe, not a terminal, so the server wrote it to a 0600 file. */
+  adminKey(): Promise<string>;
   /** A new API key of this tenant (created if needed), written to the server's control database directly. */
   createKey(tenant: string): Promise<string>;
   /** SIGTERM (SIGKILL after 20 s), then the data dir is removed. */
@@ -89,7 +92,8 @@ export async function startLocalServer(options: { prefix?: string; env?: Record<
       await store.close();
     }
   };
-  return { url: `http://127.0.0.1:${port}`, home, log: () => output, pid: () => server.pid!, createKey, stop, restartAfterCrash };
+  const adminKey = async () => (await readFile(join(home, ADMIN_KEY_FILE), "utf8")).trim();
+  return { url: `http://127.0.0.1:${port}`, home, log: () => output, pid: () => server.pid!, adminKey, createKey, stop, restartAfterCrash };
 }
 
 /** Runs `work`; a failure carries the server's log, where an API answer's "internal error" is explained. */

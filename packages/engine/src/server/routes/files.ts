@@ -58,7 +58,11 @@ export function fileRoutes(sandboxes: SandboxService): RouteSpec[] {
         // The first stat answers "not found" / "is a directory" as a clean error before any byte is sent.
         const info = await running.agent.stat(guestPath);
         if (info.type === "directory") throw new ApiError("bad_request", `${path} is a directory`);
-        return new StreamAnswer(running.agent.readFile(guestPath));
+        if (info.type === "other") throw new ApiError("bad_request", `${path} is not a regular file (a FIFO, socket or device)`);
+        // A symlink is read through (stat describes the link itself): whether it leads anywhere readable — and
+        // whether the guest swapped the file meanwhile — is known from the read's first answer, so it is waited
+        // for, and a refusal is a clean error answer rather than a stream that fails before its first byte.
+        return new StreamAnswer(await firstAnswer(running.agent.readFile(guestPath)));
       },
     },
     {
@@ -191,4 +195,35 @@ export function fileRoutes(sandboxes: SandboxService): RouteSpec[] {
 function requireStreamBody(r: FastifyRequest): Readable {
   if (!(r.body instanceof Readable)) throw new ApiError("bad_request", "send the file's content as the body, with content-type application/octet-stream");
   return r.body;
+}
+
+/**
+ * `stream` once its first bytes (or its end) arrived, or its error: the agent's refusal (not found, not a regular
+ * file) becomes the API's error answer, with the status still to be chosen.
+ */
+function firstAnswer(stream: Readable): Promise<Readable> {
+  return new Promise((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      settle();
+      stream.pause();
+      stream.unshift(chunk);
+      resolve(stream);
+    };
+    const onEnd = () => {
+      settle();
+      resolve(Readable.from([]));
+    };
+    const onError = (error: Error) => {
+      settle();
+      reject(error);
+    };
+    const settle = () => {
+      stream.off("data", onData);
+      stream.off("end", onEnd);
+      stream.off("error", onError);
+    };
+    stream.on("data", onData);
+    stream.once("end", onEnd);
+    stream.once("error", onError);
+  });
 }
