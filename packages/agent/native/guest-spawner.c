@@ -23,7 +23,8 @@
  *     resized <request-id>
  *     exit <pid> <exit-code|-1> <signal-number|0>                 the command's process ended (it was reaped)
  * A command runs in a session of its own (setsid), so its process group id is its pid. Without a pipe for stdin it
- * reads /dev/null. `uid`/`gid` switch user (supplementary groups dropped) before `cwd` is entered.
+ * reads /dev/null, and its OOM score adjustment is 0 whatever the helper's (the agent's keeper gives the helper -1000).
+ * `uid`/`gid` switch user (supplementary groups dropped) before `cwd` is entered.
  *
  * Terminals (spawn-pty): the command's stdin, stdout and stderr are the slave of a new pseudo-terminal, which is
  * also its controlling terminal, with the given window size. The master cannot reach the agent the way a pipe does:
@@ -169,6 +170,19 @@ static void child_failed(int status_fd, const char *step) {
   int length = snprintf(message, sizeof message, "%d %s", error, step);
   if (write(status_fd, message, (size_t)length) < 0) {}
   _exit(127);
+}
+
+/* Sets this process's OOM score adjustment to 0 (the default), unless it already is. */
+static int reset_oom_score_adj(void) {
+  int fd = open("/proc/self/oom_score_adj", O_RDWR | O_CLOEXEC);
+  if (fd < 0) return -1;
+  char current[16] = {0};
+  ssize_t got = read(fd, current, sizeof current - 1);
+  int result = 0;
+  if (got <= 0) result = -1;
+  else if (strcmp(current, "0\n") != 0 && (lseek(fd, 0, SEEK_SET) != 0 || write(fd, "0", 1) != 1)) result = -1;
+  close(fd);
+  return result;
 }
 
 /* execve with a PATH search over the command's own environment, like execvp: EACCES wins over ENOENT. */
@@ -334,6 +348,10 @@ static void spawn(char **fields, size_t count, int with_terminal) {
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGPIPE, SIG_DFL);
     if (setsid() < 0) child_failed(status[1], "setsid");
+    /* The helper (and the agent) run with -1000, which the OOM killer never picks; a command must be an ordinary
+     * candidate again, or a guest out of memory would have to kill plumbing (or panic). Raising it needs no
+     * privilege, so this works for any user; it happens before the user switch all the same. */
+    if (reset_oom_score_adj() != 0) child_failed(status[1], "oom_score_adj");
     if (with_terminal) {
       enter_terminal(status[1], slave_path, uid);
     } else {
