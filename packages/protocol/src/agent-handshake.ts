@@ -192,3 +192,37 @@ export function performHostHandshake(stream: Duplex, nonce: string, timeoutMs: n
     stream.write(hello);
   });
 }
+
+/**
+ * The agent's half over a stream that carries one connection (a Unix socket in tests; the guest agent itself works
+ * on the port's raw bytes, see its session loop): skips everything before a well-formed hello, answers it, and
+ * resolves with the stream paused and the bytes after the hello put back, for an HTTP/2 server to read next.
+ * Rejects with {@link AgentHandshakeError} if the stream ends first or nothing arrives within `timeoutMs`.
+ */
+export function answerHostHandshake(stream: Duplex, timeoutMs = 30_000): Promise<void> {
+  const scanner = new HandshakeLineScanner(AGENT_HELLO_PREFIX);
+  return new Promise<void>((resolve, reject) => {
+    const finish = (error?: AgentHandshakeError, line?: HandshakeLine) => {
+      clearTimeout(timer);
+      stream.pause();
+      stream.off("data", onData);
+      stream.off("close", onClose);
+      stream.off("end", onClose);
+      stream.off("error", onClose);
+      if (error !== undefined || line === undefined) return reject(error);
+      if (line.rest.length > 0) stream.unshift(line.rest);
+      stream.write(readyLine(line.nonce));
+      resolve();
+    };
+    const onData = (chunk: Buffer) => {
+      const line = scanner.push(chunk);
+      if (line !== undefined) finish(undefined, line);
+    };
+    const onClose = () => finish(new AgentHandshakeError("closed", "the host's connection ended before its hello"));
+    const timer = setTimeout(() => finish(new AgentHandshakeError("timeout", `no hello from the host within ${timeoutMs} ms`)), timeoutMs);
+    stream.on("data", onData);
+    stream.on("close", onClose);
+    stream.on("end", onClose);
+    stream.on("error", onClose);
+  });
+}

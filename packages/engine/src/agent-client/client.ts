@@ -1,13 +1,17 @@
+import { randomBytes } from "node:crypto";
 import { connect as connectHttp2, constants as h2, type ClientHttp2Stream } from "node:http2";
 import { connect as connectSocket } from "node:net";
 import { Readable, type Duplex } from "node:stream";
 import {
+  AGENT_HANDSHAKE_LIMITS,
   AGENT_LIMITS,
+  AgentHandshakeError,
   AgentPath,
   EXEC_SPEC_HEADER,
   FILE_LIMITS,
   TERMINAL_LIMITS,
   encodeExecSpecHeader,
+  performHostHandshake,
   type AgentHealth,
   type BackgroundCommandInfo,
   type DirEntry,
@@ -118,7 +122,10 @@ export class AgentClient {
     this.#connection = connection;
   }
 
-  /** Connects to the Unix socket QEMU exposes for the agent's port and checks the agent answers. */
+  /**
+   * Connects to the Unix socket QEMU exposes for the agent's port, opens the connection with the handshake (which
+   * skips whatever stale bytes the port still held) and checks the agent answers.
+   */
   static async connect(socketPath: string, options: ConnectOptions = {}): Promise<AgentClient> {
     const timeoutMs = options.timeoutMs ?? defaultConnectTimeoutMs;
     const deadline = Date.now() + timeoutMs;
@@ -142,12 +149,18 @@ export class AgentClient {
     return AgentClient.#establish(socket, options, deadline);
   }
 
-  /** Runs the client over an already connected byte stream (tests, custom transports). */
+  /** Runs the client over an already connected byte stream (tests, custom transports), handshake first. */
   static async overStream(stream: Duplex, options: ConnectOptions = {}): Promise<AgentClient> {
     return AgentClient.#establish(stream, options, Date.now() + (options.timeoutMs ?? defaultConnectTimeoutMs));
   }
 
   static async #establish(transport: Duplex, options: ConnectOptions, deadline: number): Promise<AgentClient> {
+    try {
+      await performHostHandshake(transport, randomBytes(AGENT_HANDSHAKE_LIMITS.nonceBytes).toString("hex"), Math.max(1, deadline - Date.now()));
+    } catch (error) {
+      transport.destroy();
+      throw handshakeFailure(error);
+    }
     const client = new AgentClient(transport, options);
     try {
       await client.#health(Math.max(1, deadline - Date.now()));
@@ -156,6 +169,14 @@ export class AgentClient {
       throw error;
     }
     return client;
+  }
+
+  /**
+   * Resolves once the session has ended: with the failure that ended it, and whether that was close() (the host's
+   * choice) rather than the guest (garbage, a hang-up) or the transport.
+   */
+  get ended(): Promise<{ failure: AgentClientError; byHost: boolean }> {
+    return this.#connection.ended;
   }
 
   /** True once the session has ended; reconnecting means calling connect() again. */
@@ -472,6 +493,14 @@ export class AgentClient {
     if (status === 204) return undefined;
     return connection.readJson(request, deadline, maxResponseBytes);
   }
+}
+
+/** The agent client's error for a failed handshake. */
+function handshakeFailure(error: unknown): AgentClientError {
+  if (!(error instanceof AgentHandshakeError)) return new AgentDisconnectedError(`the handshake failed: ${String(error)}`, { cause: error });
+  if (error.reason === "timeout") return new AgentTimeoutError(error.message, { cause: error });
+  if (error.reason === "flooded") return new AgentProtocolError(error.message, { cause: error });
+  return new AgentDisconnectedError(error.message, { cause: error });
 }
 
 function isTerminalSide(value: number, max: number): boolean {

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { createAgent, type Agent, type AgentSession } from "@codecourier/agent";
-import { AgentPath, WATCH_CONTENT_TYPE, type WatchEvent } from "@codecourier/protocol";
+import { AgentPath, WATCH_CONTENT_TYPE, answerHostHandshake, type WatchEvent } from "@codecourier/protocol";
 import { compileGuestHelper, guestHelper } from "../images/guest-helpers.js";
 import { AgentClient, AgentError, AgentProtocolError, parseWatchEvent } from "./index.js";
 import { FAKE_AGENT_HEALTH, serveFakeAgent } from "./testing/in-process-agent.js";
@@ -100,7 +100,7 @@ describe("file watch through the in-process agent", () => {
     server = createServer((socket) => {
       sockets.add(socket);
       socket.on("close", () => sockets.delete(socket));
-      sessions.push(agent.serveSession(socket));
+      void answerHostHandshake(socket).then(() => sessions.push(agent.serveSession(socket)), () => socket.destroy());
     });
     await listen(server, join(socketDir, "agent.sock"));
     client = await AgentClient.connect(join(socketDir, "agent.sock"), { timeoutMs: 5_000 });

@@ -40,7 +40,7 @@ export interface CommandFields {
 }
 const DEFAULT_CPUS = 1;
 const DEFAULT_MEMORY_MB = 512;
-const LIVE_STATES: ApiSandboxState[] = ["running", "paused"];
+const LIVE_STATES: ApiSandboxState[] = ["running", "unhealthy", "paused"];
 /** Rows read from the control database at a time while filtering a list page. */
 const LIST_SCAN_BATCH = 500;
 
@@ -324,7 +324,7 @@ export class SandboxService {
   #state(sandboxId: string): ApiSandboxState {
     try {
       const state = this.engine.sandboxInfo(sandboxId).state;
-      return state === "running" || state === "paused" || state === "lost" ? state : state === "creating" ? "running" : "stopped";
+      return state === "running" || state === "unhealthy" || state === "paused" || state === "lost" ? state : state === "creating" ? "running" : "stopped";
     } catch {
       return "stopped";
     }
