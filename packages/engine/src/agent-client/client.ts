@@ -462,8 +462,11 @@ export class AgentClient {
     return openWatch(this.#connection, withPath(AgentPath.watch, path, { recursive: recursive ? "1" : "0" }));
   }
 
-  /** Ends the session and closes the socket; in-flight requests fail with AgentDisconnectedError. */
-  close(): Promise<void> {
+  /**
+   * Ends the session and closes the socket; in-flight requests fail with AgentDisconnectedError, whose message says
+   * `reason` when given (e.g. why the host gave up on the session).
+   */
+  close(reason?: string): Promise<void> {
     const { session } = this.#connection;
     if (session.destroyed) return Promise.resolve();
     const closed = new Promise<void>((resolve) => session.once("close", resolve));
@@ -471,7 +474,7 @@ export class AgentClient {
     // from the hang-up alone; a GOAWAY would make it answer with one of its own, and over virtio-serial a write
     // issued after the host left waits in the guest kernel and arrives at the start of the next connection.
     this.#transport.destroy();
-    this.#connection.close();
+    this.#connection.close(reason === undefined ? undefined : new AgentDisconnectedError(`the agent session was lost: ${reason}`));
     return closed;
   }
 

@@ -263,9 +263,10 @@ export class AgentConnection {
     }
   }
 
-  close(): void {
+  /** Ends the session; in-flight and later requests fail with `failure` (default: "the agent client was closed"). */
+  close(failure: AgentClientError = new AgentDisconnectedError("the agent client was closed")): void {
     this.#closedByHost = true;
-    this.#recordFailure(new AgentDisconnectedError("the agent client was closed"));
+    this.#recordFailure(failure);
     this.session.destroy();
   }
 }

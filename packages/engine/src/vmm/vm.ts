@@ -423,7 +423,7 @@ export class Vm extends EventEmitter {
     if (this.#agentDown !== undefined || this.state !== "running" || this.#stopping) return;
     this.#agentDown = reason;
     // Hanging up also throws away what the old connection still had queued in the socket.
-    void this.#agent?.close();
+    void this.#agent?.close(reason);
     this.emit("agent-down", reason);
     void this.#recoverAgent();
   }
