@@ -24,7 +24,7 @@ import {
 } from "@codecourier/protocol";
 import { CommandHandle, type AttachOptions, type CommandControl, type ExecOptions } from "./command.js";
 import { AgentConnection } from "./connection.js";
-import { AgentClientError, AgentDisconnectedError, AgentError, AgentProtocolError, AgentTimeoutError } from "./errors.js";
+import { AgentClientError, AgentDisconnectedError, AgentError, AgentExitedError, AgentProtocolError, AgentTimeoutError } from "./errors.js";
 import { Http2FrameGuard } from "./frame-guard.js";
 import { openWatch, type WatchOptions } from "./watch.js";
 import type { RequestActivity } from "./request-activity.js";
@@ -464,9 +464,11 @@ export class AgentClient {
 
   /**
    * Ends the session and closes the socket; in-flight requests fail with AgentDisconnectedError, whose message says
-   * `reason` when given (e.g. why the host gave up on the session).
+   * `reason` when given (e.g. why the host gave up on the session). With `agentExited`, the host knows the agent
+   * process died (its port closed): in-flight requests fail with AgentExitedError, and started commands end with
+   * SIGKILL, which is what guest-spawner did to them.
    */
-  close(reason?: string): Promise<void> {
+  close(reason?: string, { agentExited = false }: { agentExited?: boolean } = {}): Promise<void> {
     const { session } = this.#connection;
     if (session.destroyed) return Promise.resolve();
     const closed = new Promise<void>((resolve) => session.once("close", resolve));
@@ -474,7 +476,8 @@ export class AgentClient {
     // from the hang-up alone; a GOAWAY would make it answer with one of its own, and over virtio-serial a write
     // issued after the host left waits in the guest kernel and arrives at the start of the next connection.
     this.#transport.destroy();
-    this.#connection.close(reason === undefined ? undefined : new AgentDisconnectedError(`the agent session was lost: ${reason}`));
+    const failure = agentExited ? AgentExitedError : AgentDisconnectedError;
+    this.#connection.close(reason === undefined ? undefined : new failure(`the agent session was lost: ${reason}`));
     return closed;
   }
 

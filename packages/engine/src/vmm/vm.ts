@@ -411,7 +411,7 @@ export class Vm extends EventEmitter {
     if (event.event !== "VSERPORT_CHANGE") return;
     const data = event.data as { id?: unknown; open?: unknown } | undefined;
     if (data?.id !== AGENT_PORT_DEVICE_ID || data.open !== false) return;
-    if (this.#agent !== undefined && !this.#agent.closed) this.#agentLost("the agent closed its port");
+    if (this.#agent !== undefined && !this.#agent.closed) this.#agentLost("the agent closed its port (it exited)", { agentExited: true });
   }
 
   /**
@@ -419,11 +419,11 @@ export class Vm extends EventEmitter {
    * session is closed, so its requests end with AgentDisconnectedError), tell the owner, and open a new session
    * with back-off until one answers or AGENT_RECOVERY_WINDOW_MS has passed (then the VM is given up as crashed).
    */
-  #agentLost(reason: string): void {
+  #agentLost(reason: string, { agentExited = false } = {}): void {
     if (this.#agentDown !== undefined || this.state !== "running" || this.#stopping) return;
     this.#agentDown = reason;
     // Hanging up also throws away what the old connection still had queued in the socket.
-    void this.#agent?.close(reason);
+    void this.#agent?.close(reason, { agentExited });
     this.emit("agent-down", reason);
     void this.#recoverAgent();
   }
