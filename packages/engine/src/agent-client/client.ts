@@ -42,6 +42,8 @@ export interface ConnectOptions {
   timeoutMs?: number;
   /** Bound on each request/response exchange (not on how long a command runs or a download takes). Default 30 s. */
   requestTimeoutMs?: number;
+  /** Aborting gives up a handshake still waiting for the agent's answer (AgentDisconnectedError). */
+  signal?: AbortSignal;
 }
 
 export interface RunOptions extends ExecOptions {
@@ -155,11 +157,16 @@ export class AgentClient {
   }
 
   static async #establish(transport: Duplex, options: ConnectOptions, deadline: number): Promise<AgentClient> {
+    const giveUp = () => transport.destroy();
+    options.signal?.addEventListener("abort", giveUp, { once: true });
     try {
+      if (options.signal?.aborted) throw new AgentDisconnectedError("the handshake was given up");
       await performHostHandshake(transport, randomBytes(AGENT_HANDSHAKE_LIMITS.nonceBytes).toString("hex"), Math.max(1, deadline - Date.now()));
     } catch (error) {
       transport.destroy();
       throw handshakeFailure(error);
+    } finally {
+      options.signal?.removeEventListener("abort", giveUp);
     }
     const client = new AgentClient(transport, options);
     try {
@@ -503,6 +510,7 @@ export class AgentClient {
 
 /** The agent client's error for a failed handshake. */
 function handshakeFailure(error: unknown): AgentClientError {
+  if (error instanceof AgentClientError) return error;
   if (!(error instanceof AgentHandshakeError)) return new AgentDisconnectedError(`the handshake failed: ${String(error)}`, { cause: error });
   if (error.reason === "timeout") return new AgentTimeoutError(error.message, { cause: error });
   if (error.reason === "flooded") return new AgentProtocolError(error.message, { cause: error });

@@ -77,6 +77,13 @@ async function waitUntilAnswering(sandbox: Sandbox, { replacing }: { replacing?:
   assert.fail(`no answer within ${RECOVERY_BOUND_MS} ms; errors ${errorCodes.join(",")}; states ${[...new Set(states)].join(",")}`);
 }
 
+/** "sandbox_unhealthy ×12, killed with the agent ×1": how often each failure was seen. */
+function summarize(codes: string[]): string {
+  const counts = new Map<string, number>();
+  for (const code of codes) counts.set(code, (counts.get(code) ?? 0) + 1);
+  return [...counts].map(([code, count]) => `${code} ×${count}`).join(", ") || "none";
+}
+
 /** A failed call during recovery is the typed 503 (or a command killed with the agent), never an internal error. */
 function assertOnlyTypedFailures(recovery: Recovery): void {
   for (const code of recovery.errorCodes) {
@@ -126,7 +133,7 @@ describe("hostile: the guest agent restarting (real server, real VMs)", () => {
     const background = await sandbox.runCommand("sleep 600", { background: true });
     const killed = await outcome(sandbox.runCommand(`kill -9 ${before.agentPid}`, { timeoutMs: 60_000 }));
     const recovery = await withServerLog(server, () => waitUntilAnswering(sandbox, { replacing: before.agentPid }));
-    t.diagnostic(`kill call: ${killed}; answered again after ${recovery.ms} ms; errors ${recovery.errorCodes.join(",") || "none"}; states ${[...new Set(recovery.states)].join(",")}`);
+    t.diagnostic(`kill call: ${killed}; answered again after ${recovery.ms} ms; errors ${summarize(recovery.errorCodes)}; states ${[...new Set(recovery.states)].join(",")}`);
     assertOnlyTypedFailures(recovery);
     const afterRestart = await plumbing(sandbox);
     assert.notEqual(afterRestart.agentPid, before.agentPid, "a new agent");
@@ -170,7 +177,7 @@ describe("hostile: the guest agent restarting (real server, real VMs)", () => {
     const recovery = await withServerLog(server, () => waitUntilAnswering(sandbox, { replacing: agentPid }));
     assertOnlyTypedFailures(recovery);
     const result = (await sandbox.runCommand("cat /tmp/junk-result 2>/dev/null || echo unknown")).stdout.trim().replace(/\n/g, ", ");
-    t.diagnostic(`junk writer: ${result}; answered again after ${recovery.ms} ms; errors ${recovery.errorCodes.join(",") || "none"}`);
+    t.diagnostic(`junk writer: ${result}; answered again after ${recovery.ms} ms; errors ${summarize(recovery.errorCodes)}`);
   });
 
   it("comes back when the agent dies in the middle of streaming output", async (t) => {

@@ -110,6 +110,8 @@ export class Vm extends EventEmitter {
   #agent: AgentClient | undefined;
   /** Set while the agent session is lost and a new one is being opened; why it was lost. */
   #agentDown: string | undefined;
+  /** Set during an agent connection attempt: gives it up when the guest opens the agent's port. */
+  #onPortOpened: (() => void) | undefined;
   #qmp: QmpClient | undefined;
   #exit: Promise<void>;
   #stopping = false;
@@ -390,27 +392,49 @@ export class Vm extends EventEmitter {
     return this.#useAgent(await this.#connectAgentWithRetry(Date.now() + timeoutMs));
   }
 
-  /** Connects to the agent, retrying with a doubling pause until `deadline`; throws the last failure. */
-  async #connectAgentWithRetry(deadline: number, attemptTimeoutMs = Number.POSITIVE_INFINITY): Promise<AgentClient> {
+  /**
+   * Connects to the agent, retrying with a doubling pause until `deadline`; throws the last failure. While
+   * recovering a lost agent, an attempt is given up early when the guest opens the agent's port meanwhile: whoever
+   * opened it (a restarted agent, or a guest process in its place) may never see a hello sent before, so a fresh
+   * one is due. (Not otherwise: a restored VM reports its port opening again after the load, with nothing lost.)
+   */
+  async #connectAgentWithRetry(
+    deadline: number,
+    { attemptTimeoutMs = Number.POSITIVE_INFINITY, restartOnPortOpen = false }: { attemptTimeoutMs?: number; restartOnPortOpen?: boolean } = {},
+  ): Promise<AgentClient> {
     const socketPath = join(this.runDir, "agent.sock");
     let delay = AGENT_RETRY_FIRST_DELAY_MS;
     for (;;) {
       if (this.state === "stopped" || this.state === "crashed") throw new VmCrashedError(`VM ${this.id} is ${this.state}`, this.id);
+      const portOpened = new AbortController();
+      if (restartOnPortOpen) this.#onPortOpened = () => portOpened.abort();
       try {
-        return await AgentClient.connect(socketPath, { timeoutMs: Math.max(1, Math.min(attemptTimeoutMs, deadline - Date.now())) });
+        const timeoutMs = Math.max(1, Math.min(attemptTimeoutMs, deadline - Date.now()));
+        return await AgentClient.connect(socketPath, { timeoutMs, signal: portOpened.signal });
       } catch (error) {
+        if (portOpened.signal.aborted && Date.now() + AGENT_RETRY_FIRST_DELAY_MS < deadline) {
+          // A short pause all the same: a guest that opens and closes its port in a loop sets the pace otherwise.
+          await sleep(AGENT_RETRY_FIRST_DELAY_MS);
+          continue;
+        }
         if (Date.now() + delay >= deadline) throw error;
         await sleep(delay);
         delay = Math.min(delay * 2, AGENT_RETRY_MAX_DELAY_MS);
+      } finally {
+        this.#onPortOpened = undefined;
       }
     }
   }
 
-  /** The agent closed its port (it exited, or was killed): the session over it is dead, though the socket is not. */
+  /**
+   * The agent closed its port (it exited, or was killed): the session over it is dead, though the socket is not.
+   * The port opened: a connection attempt in progress starts over (see #connectAgentWithRetry).
+   */
   #onQmpEvent(event: QmpEvent): void {
     if (event.event !== "VSERPORT_CHANGE") return;
     const data = event.data as { id?: unknown; open?: unknown } | undefined;
-    if (data?.id !== AGENT_PORT_DEVICE_ID || data.open !== false) return;
+    if (data?.id !== AGENT_PORT_DEVICE_ID) return;
+    if (data.open === true) return this.#onPortOpened?.();
     if (this.#agent !== undefined && !this.#agent.closed) this.#agentLost("the agent closed its port (it exited)", { agentExited: true });
   }
 
@@ -434,7 +458,7 @@ export class Vm extends EventEmitter {
     try {
       // A guest put to sleep while idle runs nothing, its agent keeper included.
       if (this.#asleep) await this.continue();
-      client = await this.#connectAgentWithRetry(deadline, AGENT_RECOVERY_ATTEMPT_MS);
+      client = await this.#connectAgentWithRetry(deadline, { attemptTimeoutMs: AGENT_RECOVERY_ATTEMPT_MS, restartOnPortOpen: true });
     } catch (error) {
       if (this.state !== "running" || this.#stopping) return;
       const kept = await this.#teardown(true);
