@@ -209,4 +209,16 @@ describe("hostile: the guest agent restarting (real server, real VMs)", () => {
     assert.equal((await sandbox.runCommand("echo ok")).stdout, "ok\n");
     assert.equal((await sandbox.info()).state, "running");
   });
+
+  it("after a server restart adopts the VM: the same agent answers through the handshake, and a kill -9 still heals", async (t) => {
+    const before = await plumbing(sandbox);
+    // The crashed server's connection leaves whatever it had in flight in the port; the new one skips it.
+    await server.restartAfterCrash();
+    const adopted = await withServerLog(server, () => waitUntilAnswering(sandbox));
+    assert.equal((await plumbing(sandbox)).agentPid, before.agentPid, "the adopted VM's agent was not restarted");
+    const killed = await outcome(sandbox.runCommand(`kill -9 ${before.agentPid}`, { timeoutMs: 60_000 }));
+    const recovery = await withServerLog(server, () => waitUntilAnswering(sandbox, { replacing: before.agentPid }));
+    t.diagnostic(`adopted after ${adopted.ms} ms; kill call: ${killed}; answered again after ${recovery.ms} ms; errors ${summarize(recovery.errorCodes)}`);
+    assertOnlyTypedFailures(recovery);
+  });
 });
