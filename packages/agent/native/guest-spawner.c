@@ -23,7 +23,8 @@
  *     resized <request-id>
  *     exit <pid> <exit-code|-1> <signal-number|0>                 the command's process ended (it was reaped)
  * A command runs in a session of its own (setsid), so its process group id is its pid. Without a pipe for stdin it
- * reads /dev/null. `uid`/`gid` switch user (supplementary groups dropped) before `cwd` is entered.
+ * reads /dev/null, and its OOM score adjustment is 0 whatever the helper's (the agent's keeper gives the helper -1000).
+ * `uid`/`gid` switch user (supplementary groups dropped) before `cwd` is entered.
  *
  * Terminals (spawn-pty): the command's stdin, stdout and stderr are the slave of a new pseudo-terminal, which is
  * also its controlling terminal, with the given window size. The master cannot reach the agent the way a pipe does:
@@ -38,7 +39,8 @@
  * `resize` sets the window size of a terminal that is still open (TIOCSWINSZ: its foreground process group gets
  * SIGWINCH); errno ENOENT when there is none with that id.
  *
- * Exits when stdin closes. Built static (gcc -static -Os -s) onto the system disk, so it runs in any root filesystem.
+ * Exits when stdin closes (the agent is gone), killing the process group of every command it started that still runs.
+ * Built static (gcc -static -Os -s) onto the system disk, so it runs in any root filesystem.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -62,6 +64,8 @@
 #define MAX_LINE (8 * 1024 * 1024)
 #define MAX_ID 64
 #define MAX_HELD 1024
+/* Commands tracked for killing when the agent goes away: the agent's 256 at once, its file watches, with room. */
+#define MAX_COMMANDS 1024
 /* The agent runs at most 256 commands at once; a terminal more than that is refused (EMFILE). */
 #define MAX_RELAYS 256
 #define RELAY_BUFFER (16 * 1024)
@@ -99,6 +103,34 @@ struct relay {
 };
 
 static struct relay *relays[MAX_RELAYS];
+
+/*
+ * Commands started and not reaped yet. When the agent goes away (stdin closes: it exited or was killed), nobody can
+ * read their output or learn their exit any more, and a restarted agent does not know them: their process groups
+ * are killed then, so "the agent restarted" means "its commands are gone", not orphans running on unseen.
+ */
+static pid_t commands[MAX_COMMANDS];
+
+static void remember_command(pid_t pid) {
+  for (size_t i = 0; i < MAX_COMMANDS; i++) {
+    if (commands[i] == 0) {
+      commands[i] = pid;
+      return;
+    }
+  }
+}
+
+static void forget_command(pid_t pid) {
+  for (size_t i = 0; i < MAX_COMMANDS; i++) {
+    if (commands[i] == pid) commands[i] = 0;
+  }
+}
+
+static void kill_commands(void) {
+  for (size_t i = 0; i < MAX_COMMANDS; i++) {
+    if (commands[i] > 0) kill(-commands[i], SIGKILL);
+  }
+}
 
 static void answer(const char *format, ...) __attribute__((format(printf, 1, 2)));
 static void answer(const char *format, ...) {
@@ -169,6 +201,19 @@ static void child_failed(int status_fd, const char *step) {
   int length = snprintf(message, sizeof message, "%d %s", error, step);
   if (write(status_fd, message, (size_t)length) < 0) {}
   _exit(127);
+}
+
+/* Sets this process's OOM score adjustment to 0 (the default), unless it already is. */
+static int reset_oom_score_adj(void) {
+  int fd = open("/proc/self/oom_score_adj", O_RDWR | O_CLOEXEC);
+  if (fd < 0) return -1;
+  char current[16] = {0};
+  ssize_t got = read(fd, current, sizeof current - 1);
+  int result = 0;
+  if (got <= 0) result = -1;
+  else if (strcmp(current, "0\n") != 0 && (lseek(fd, 0, SEEK_SET) != 0 || write(fd, "0", 1) != 1)) result = -1;
+  close(fd);
+  return result;
 }
 
 /* execve with a PATH search over the command's own environment, like execvp: EACCES wins over ENOENT. */
@@ -334,6 +379,10 @@ static void spawn(char **fields, size_t count, int with_terminal) {
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGPIPE, SIG_DFL);
     if (setsid() < 0) child_failed(status[1], "setsid");
+    /* The helper (and the agent) run with -1000, which the OOM killer never picks; a command must be an ordinary
+     * candidate again, or a guest out of memory would have to kill plumbing (or panic). Raising it needs no
+     * privilege, so this works for any user; it happens before the user switch all the same. */
+    if (reset_oom_score_adj() != 0) child_failed(status[1], "oom_score_adj");
     if (with_terminal) {
       enter_terminal(status[1], slave_path, uid);
     } else {
@@ -383,6 +432,7 @@ static void spawn(char **fields, size_t count, int with_terminal) {
     answer("failed %s %d %s\n", id, child_error, failed_step == NULL ? "exec" : failed_step + 1);
     return;
   }
+  remember_command(pid);
   if (with_terminal) {
     snprintf(relay->id, sizeof relay->id, "%s", id);
     relay->pid = pid;
@@ -569,6 +619,7 @@ static void reap(void) {
   int status;
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    forget_command(pid);
     if (WIFEXITED(status)) answer("exit %d %d 0\n", (int)pid, WEXITSTATUS(status));
     else if (WIFSIGNALED(status)) answer("exit %d -1 %d\n", (int)pid, WTERMSIG(status));
     else continue;
@@ -638,7 +689,10 @@ int main(int argc, char **argv) {
     }
     ssize_t got = read(STDIN_FILENO, buffer + filled, capacity - filled);
     if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) return 0;
+    if (got <= 0) {
+      kill_commands();
+      return 0;
+    }
     filled += (size_t)got;
     size_t start = 0;
     for (size_t i = filled - (size_t)got; i < filled; i++) {

@@ -43,7 +43,8 @@ export const MetadataSchema = z
   .record(metadataKey, z.string().max(API_LIMITS.maxMetadataValueLength))
   .refine((m) => Object.keys(m).length <= API_LIMITS.maxMetadataEntries, `at most ${API_LIMITS.maxMetadataEntries} entries`);
 
-export const SandboxStateSchema = z.enum(["running", "paused", "stopped", "lost"]);
+/** `unhealthy`: running, but its agent is restarting; calls answer 503 `sandbox_unhealthy` until it is back. */
+export const SandboxStateSchema = z.enum(["running", "unhealthy", "paused", "stopped", "lost"]);
 export type ApiSandboxState = z.infer<typeof SandboxStateSchema>;
 
 export const CreateSandboxRequestSchema = z
@@ -335,6 +336,8 @@ export const API_ERROR_CODES = {
   quota_exceeded: 403,
   internal: 500,
   unavailable: 503,
+  /** The sandbox runs but its agent is restarting (it exited, or the guest broke the session): retry shortly. */
+  sandbox_unhealthy: 503,
 } as const;
 export type ApiErrorCode = keyof typeof API_ERROR_CODES;
 

@@ -1,2 +1,3 @@
 export * from "./agent.js";
 export * from "./http2-frames.js";
+export * from "./agent-handshake.js";

@@ -21,6 +21,7 @@ const STATUS_OF_CODE = {
   quota_exceeded: 429,
   internal: 500,
   unavailable: 503,
+  sandbox_unhealthy: 503,
 } as const;
 /** Fails the build when the protocol gains an error code this table lacks. */
 type CoversEveryCode<T extends Record<ApiErrorCode, number>> = T;

@@ -1,7 +1,7 @@
 import { Duplex } from "node:stream";
 import { logProblem } from "../log.js";
 import type { PortIo } from "./port-io.js";
-import { HTTP2_CLIENT_PREFACE, Http2FrameScanner } from "@codecourier/protocol";
+import { AGENT_HELLO_PREFIX, HTTP2_CLIENT_PREFACE, HandshakeLineScanner, Http2FrameScanner, readyLine, startsWithHello } from "@codecourier/protocol";
 
 const defaultPollIntervalMs = 20;
 const readBufferBytes = 64 * 1024;
@@ -27,8 +27,11 @@ export interface ServedSession {
  * Serves one session after another over a virtio-serial port.
  *
  * The port has no "accept": while no host is connected, read() returns 0 bytes immediately and repeatedly. So EOF
- * ends the current session, the loop polls until bytes arrive again, and those first bytes (the new host's HTTP/2
- * preface) start a new session. This is what lets a host reconnect to the same running agent.
+ * ends the current session and the loop polls until bytes arrive again. A new connection starts with the host's
+ * handshake hello (packages/protocol/src/agent-handshake.ts): every byte before a well-formed hello is skipped
+ * (stale frames of a host that left, junk), the agent answers with the ready line echoing the hello's nonce, and
+ * the bytes after the hello start a new HTTP/2 session. This is what lets a host reconnect to the same running
+ * agent, and a restarted agent serve the host that was connected to its predecessor.
  */
 export async function runSessionLoop(
   port: PortIo,
@@ -39,7 +42,14 @@ export async function runSessionLoop(
   const writer = new PortWriter(port);
   const buffer = Buffer.allocUnsafe(readBufferBytes);
   let current: { stream: PortSessionStream; session: ServedSession | void } | undefined;
+  /** While no session runs: looks for the next host's hello. */
+  let awaitingHello: HandshakeLineScanner | undefined;
   let lastReadError: string | undefined;
+  const endSession = () => {
+    current?.stream.hostDisconnected();
+    current?.session?.close();
+    current = undefined;
+  };
 
   while (!options.signal?.aborted) {
     let bytesRead: number;
@@ -55,47 +65,64 @@ export async function runSessionLoop(
       continue;
     }
     if (bytesRead === 0) {
-      if (current !== undefined) {
-        current.stream.hostDisconnected();
-        current.session?.close();
-        current = undefined;
-      }
+      // No host: whatever a half-received hello had collected belonged to a connection that is gone.
+      endSession();
+      awaitingHello = undefined;
       await sleep(pollIntervalMs);
       continue;
     }
     // Copy: the read buffer is reused for the next read while the session may still hold these bytes.
-    const bytes = Buffer.from(buffer.subarray(0, bytesRead));
-    if (current !== undefined && current.stream.isNewConnection(bytes)) {
-      // The host left and a new one connected before this loop saw the EOF in between (the driver only reports
-      // "no host" to a read that runs while none is connected). The old session ends as if it had seen the EOF.
-      current.stream.hostDisconnected();
-      current.session?.close();
-      current = undefined;
-    }
-    if (current === undefined) {
-      const stream = new PortSessionStream(writer);
-      let session: ServedSession | void = undefined;
-      try {
-        session = serve(stream);
-      } catch (error) {
-        logProblem("could not start a session", error);
-        stream.destroy();
+    let bytes: Buffer = Buffer.from(buffer.subarray(0, bytesRead));
+    // Each round either hands the bytes to a session or consumes a whole hello line, so this ends.
+    while (bytes.length > 0) {
+      if (current !== undefined && current.stream.isNewConnection(bytes)) {
+        // The host left and a new one connected before this loop saw the EOF in between (the driver only reports
+        // "no host" to a read that runs while none is connected). The old session ends as if it had seen the EOF.
+        endSession();
       }
-      current = { stream, session };
+      if (current === undefined) {
+        awaitingHello ??= new HandshakeLineScanner(AGENT_HELLO_PREFIX);
+        const hello = awaitingHello.push(bytes);
+        if (hello === undefined) break;
+        if (awaitingHello.skippedBytes > 0) logProblem(`skipped ${awaitingHello.skippedBytes} stale bytes before the host's handshake`);
+        awaitingHello = undefined;
+        current = startSession(writer, serve, hello.nonce);
+        bytes = hello.rest;
+        continue;
+      }
+      // A session that ended on our side (protocol error, GOAWAY) swallows the rest of this connection until EOF
+      // or the next hello at its start.
+      current.stream.deliver(bytes);
+      break;
     }
-    // A session that ended on our side (protocol error, GOAWAY) swallows the rest of this connection until EOF.
-    current.stream.deliver(bytes);
   }
-  current?.stream.hostDisconnected();
-  current?.session?.close();
+  endSession();
+}
+
+/** Answers a hello and starts the session that serves the bytes after it. */
+function startSession(
+  writer: PortWriter,
+  serve: (duplex: Duplex) => ServedSession | void,
+  nonce: string,
+): { stream: PortSessionStream; session: ServedSession | void } {
+  const stream = new PortSessionStream(writer);
+  // Queued before the session's first frame (the writer keeps the order).
+  stream.sendRaw(readyLine(nonce));
+  let session: ServedSession | void = undefined;
+  try {
+    session = serve(stream);
+  } catch (error) {
+    logProblem("could not start a session", error);
+    stream.destroy();
+  }
+  return { stream, session };
 }
 
 /**
  * Serializes writes to the port across sessions. A write that a session queued but that had not started when its
  * host disconnected is dropped: otherwise it would block until the next host connects and then corrupt that new
- * connection's byte stream. (A write already inside the kernel cannot be recalled; the next host then sees a
- * corrupt preface and fails. The host collects such leftovers with a connection that sends nothing before it
- * retries: see Vm.reconnectAgent in the engine.)
+ * connection's byte stream. (A write already inside the kernel cannot be recalled; it reaches the next host before
+ * this agent's ready line, and the host skips everything before that line: see the handshake.)
  */
 class PortWriter {
   #tail: Promise<void> = Promise.resolve();
@@ -126,6 +153,7 @@ class PortWriter {
  */
 class PortSessionStream extends Duplex {
   #hostGone = false;
+  #deliveredBytes = 0;
   /** Frame boundaries of the bytes this session's host sent (preface first). */
   readonly #frames = new Http2FrameScanner(HTTP2_CLIENT_PREFACE.length);
 
@@ -135,23 +163,30 @@ class PortSessionStream extends Duplex {
 
   /**
    * Whether `bytes` are the start of a new host connection rather than more of this one: they begin with the
-   * HTTP/2 client preface, and this session has ended or its host's bytes so far end on a frame boundary. (At a
-   * frame boundary the preface cannot be a frame: its first bytes read as a length far above the frame size
-   * limit, so no byte stream of a live connection looks like this.)
+   * handshake hello, and this session has ended or its host's bytes so far end on a frame boundary. (At a frame
+   * boundary a hello cannot be a frame: its first bytes read as a length far above the frame size limit, so no
+   * byte stream of a live connection looks like this.)
    */
   isNewConnection(bytes: Buffer): boolean {
-    if (!startsWithClientPreface(bytes)) return false;
-    return this.destroyed || this.#hostGone || this.#frames.atBoundary;
+    if (!startsWithHello(bytes)) return false;
+    // Nothing yet: a hello right after a hello is the real host's after one a stale byte stream happened to hold.
+    return this.destroyed || this.#hostGone || this.#deliveredBytes === 0 || this.#frames.atBoundary;
   }
 
   deliver(bytes: Buffer): void {
     if (this.destroyed || this.#hostGone) return;
+    this.#deliveredBytes += bytes.length;
     this.#frames.scan(bytes);
     this.push(bytes);
     if (this.readableLength > maxQueuedInputBytes) {
       logProblem(`host sent more than ${maxQueuedInputBytes} bytes the session did not consume; dropping the session`);
       this.destroy();
     }
+  }
+
+  /** Writes bytes outside HTTP/2 (the handshake's ready line), in order with the session's own writes. */
+  sendRaw(data: Uint8Array): void {
+    this.writer.write(data, () => !this.#hostGone).catch((error: unknown) => logProblem("port write failed", error));
   }
 
   /** EOF on the port: the host is gone. Nothing more is written for this session. */
@@ -185,12 +220,6 @@ class PortSessionStream extends Duplex {
   override _final(callback: (error?: Error | null) => void): void {
     callback();
   }
-}
-
-/** True if `bytes` begin with the client preface (or, when shorter, are a prefix of it). */
-function startsWithClientPreface(bytes: Buffer): boolean {
-  const length = Math.min(bytes.length, HTTP2_CLIENT_PREFACE.length);
-  return length > 0 && bytes.subarray(0, length).equals(HTTP2_CLIENT_PREFACE.subarray(0, length));
 }
 
 function sleep(ms: number): Promise<void> {

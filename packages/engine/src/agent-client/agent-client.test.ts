@@ -11,7 +11,7 @@ import { after, before, describe, it } from "node:test";
 import { createAgent, type Agent, type AgentOptions } from "@codecourier/agent";
 import { compileGuestHelper, guestHelper } from "../images/guest-helpers.js";
 import { FAKE_AGENT_HEALTH, serveAgentInProcess, serveFakeAgent } from "./testing/in-process-agent.js";
-import { AgentPath, EXEC_ID_HEADER, OutputKind, encodeRecord } from "@codecourier/protocol";
+import { AGENT_HANDSHAKE_LIMITS, AgentPath, EXEC_ID_HEADER, OutputKind, answerHostHandshake, encodeRecord, readyLine } from "@codecourier/protocol";
 import {
   AgentClient,
   AgentDisconnectedError,
@@ -367,8 +367,10 @@ describe("reconnecting", () => {
     const frameTypes: number[] = [];
     let hungUp!: () => void;
     const serverSawClose = new Promise<void>((resolve) => (hungUp = resolve));
-    const server = createServer((socket) => {
+    const server = createServer(async (socket) => {
       socket.on("error", () => {});
+      await answerHostHandshake(socket);
+      socket.resume();
       const duplex = new Duplex({
         read() {},
         write(chunk: Buffer, _encoding, callback) {
@@ -414,16 +416,30 @@ describe("reconnecting", () => {
   });
 });
 
-/** A fake "guest" on a Unix socket that answers with whatever bytes `respond` writes. */
-async function withHostilePeer(respond: (socket: Socket) => void, check: (socketPath: string) => Promise<void>) {
+/**
+ * A fake "guest" on a Unix socket that answers with whatever bytes `respond` writes: after answering the handshake
+ * (what it writes then reaches the host's HTTP/2), or, with `handshake: false`, from the start.
+ */
+async function withHostilePeer(
+  respond: (socket: Socket) => void,
+  check: (socketPath: string) => Promise<void>,
+  { handshake = true }: { handshake?: boolean } = {},
+) {
   const dir = await mkdtemp(join(tmpdir(), "cc-hostile-"));
   const socketPath = join(dir, "agent.sock");
   const sockets = new Set<Socket>();
   const server = createServer((socket) => {
     sockets.add(socket);
     socket.on("error", () => {});
-    socket.on("data", () => {});
-    respond(socket);
+    if (!handshake) {
+      socket.on("data", () => {});
+      return respond(socket);
+    }
+    void answerHostHandshake(socket).then(() => {
+      socket.on("data", () => {});
+      socket.resume();
+      respond(socket);
+    }, () => socket.destroy());
   });
   await listen(server, socketPath);
   try {
@@ -490,6 +506,51 @@ describe("hostile guest", () => {
         assert.ok(Date.now() - started < 2_000);
       },
     ));
+
+  it("times out on a peer that never answers the handshake, whatever else it sends", () =>
+    withHostilePeer(
+      // Junk, a ready line with a nonce of its own, and a real HTTP/2 server's first frame: none of it is the echo.
+      (socket) => socket.write(Buffer.concat([randomBytes(4096), readyLine("ab".repeat(AGENT_HANDSHAKE_LIMITS.nonceBytes)), frameHeader(0, 0x4, 0, 0)])),
+      (path) => assert.rejects(AgentClient.connect(path, { timeoutMs: 300 }), AgentTimeoutError),
+      { handshake: false },
+    ));
+
+  it("fails a peer that floods instead of answering the handshake", () =>
+    withHostilePeer(
+      (socket) => {
+        const chunk = Buffer.alloc(1024 * 1024, 0x41);
+        const flood = (left: number) => {
+          if (left > 0 && !socket.destroyed) socket.write(chunk, () => flood(left - 1));
+        };
+        flood(AGENT_HANDSHAKE_LIMITS.maxSkippedBytes / chunk.length + 2);
+      },
+      (path) => assert.rejects(AgentClient.connect(path, { timeoutMs: 30_000 }), AgentProtocolError),
+      { handshake: false },
+    ));
+});
+
+describe("handshake", () => {
+  it("skips the stale bytes a port held before the agent's ready line", async () => {
+    const agent = await createGuestLikeAgent();
+    const dir = await mkdtemp(join(tmpdir(), "cc-stale-"));
+    const socketPath = join(dir, "agent.sock");
+    const server = createServer((socket) => {
+      socket.on("error", () => {});
+      // Output of an earlier connection that was already in the guest kernel, cut off mid-frame.
+      socket.write(Buffer.concat([frameHeader(16_000, 0x0, 0, 1), randomBytes(3000)]));
+      void answerHostHandshake(socket).then(() => agent.serveSession(socket), () => socket.destroy());
+    });
+    await listen(server, socketPath);
+    try {
+      const client = await AgentClient.connect(socketPath);
+      assert.equal((await client.run({ argv: ["echo", "fresh"] })).stdout.toString(), "fresh\n");
+      await client.close();
+    } finally {
+      agent.killAllCommands();
+      await new Promise((resolve) => server.close(resolve));
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 /**

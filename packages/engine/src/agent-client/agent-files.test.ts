@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { createAgent } from "@codecourier/agent";
-import { AgentPath, FILE_LIMITS } from "@codecourier/protocol";
+import { AGENT_HANDSHAKE_LIMITS, AgentPath, FILE_LIMITS, performHostHandshake } from "@codecourier/protocol";
 import { AgentClient } from "./index.js";
 import { serveAgentInProcess } from "./testing/in-process-agent.js";
 
@@ -20,7 +20,9 @@ const startAgent = () => serveAgentInProcess(createAgent(), "cc-agent-files-");
 
 /** A request the AgentClient would refuse to send (it checks its arguments): how the agent itself answers it. */
 async function rawRequest(socketPath: string, method: string, path: string, body?: Buffer): Promise<{ status: number; body: string }> {
-  const session = connectHttp2("http://agent", { createConnection: () => connectSocket(socketPath) });
+  const socket = connectSocket(socketPath);
+  await performHostHandshake(socket, randomBytes(AGENT_HANDSHAKE_LIMITS.nonceBytes).toString("hex"), 5_000);
+  const session = connectHttp2("http://agent", { createConnection: () => socket });
   try {
     const request = session.request({ ":method": method, ":path": path }, { endStream: body === undefined });
     if (body !== undefined) request.end(body);

@@ -1,13 +1,17 @@
+import { randomBytes } from "node:crypto";
 import { connect as connectHttp2, constants as h2, type ClientHttp2Stream } from "node:http2";
 import { connect as connectSocket } from "node:net";
 import { Readable, type Duplex } from "node:stream";
 import {
+  AGENT_HANDSHAKE_LIMITS,
   AGENT_LIMITS,
+  AgentHandshakeError,
   AgentPath,
   EXEC_SPEC_HEADER,
   FILE_LIMITS,
   TERMINAL_LIMITS,
   encodeExecSpecHeader,
+  performHostHandshake,
   type AgentHealth,
   type BackgroundCommandInfo,
   type DirEntry,
@@ -20,7 +24,7 @@ import {
 } from "@codecourier/protocol";
 import { CommandHandle, type AttachOptions, type CommandControl, type ExecOptions } from "./command.js";
 import { AgentConnection } from "./connection.js";
-import { AgentClientError, AgentDisconnectedError, AgentError, AgentProtocolError, AgentTimeoutError } from "./errors.js";
+import { AgentClientError, AgentDisconnectedError, AgentError, AgentExitedError, AgentProtocolError, AgentTimeoutError } from "./errors.js";
 import { Http2FrameGuard } from "./frame-guard.js";
 import { openWatch, type WatchOptions } from "./watch.js";
 import type { RequestActivity } from "./request-activity.js";
@@ -38,6 +42,8 @@ export interface ConnectOptions {
   timeoutMs?: number;
   /** Bound on each request/response exchange (not on how long a command runs or a download takes). Default 30 s. */
   requestTimeoutMs?: number;
+  /** Aborting gives up a handshake still waiting for the agent's answer (AgentDisconnectedError). */
+  signal?: AbortSignal;
 }
 
 export interface RunOptions extends ExecOptions {
@@ -136,7 +142,10 @@ export class AgentClient {
     this.#connection = connection;
   }
 
-  /** Connects to the Unix socket QEMU exposes for the agent's port and checks the agent answers. */
+  /**
+   * Connects to the Unix socket QEMU exposes for the agent's port, opens the connection with the handshake (which
+   * skips whatever stale bytes the port still held) and checks the agent answers.
+   */
   static async connect(socketPath: string, options: ConnectOptions = {}): Promise<AgentClient> {
     const timeoutMs = options.timeoutMs ?? defaultConnectTimeoutMs;
     const deadline = Date.now() + timeoutMs;
@@ -160,12 +169,23 @@ export class AgentClient {
     return AgentClient.#establish(socket, options, deadline);
   }
 
-  /** Runs the client over an already connected byte stream (tests, custom transports). */
+  /** Runs the client over an already connected byte stream (tests, custom transports), handshake first. */
   static async overStream(stream: Duplex, options: ConnectOptions = {}): Promise<AgentClient> {
     return AgentClient.#establish(stream, options, Date.now() + (options.timeoutMs ?? defaultConnectTimeoutMs));
   }
 
   static async #establish(transport: Duplex, options: ConnectOptions, deadline: number): Promise<AgentClient> {
+    const giveUp = () => transport.destroy();
+    options.signal?.addEventListener("abort", giveUp, { once: true });
+    try {
+      if (options.signal?.aborted) throw new AgentDisconnectedError("the handshake was given up");
+      await performHostHandshake(transport, randomBytes(AGENT_HANDSHAKE_LIMITS.nonceBytes).toString("hex"), Math.max(1, deadline - Date.now()));
+    } catch (error) {
+      transport.destroy();
+      throw handshakeFailure(error);
+    } finally {
+      options.signal?.removeEventListener("abort", giveUp);
+    }
     const client = new AgentClient(transport, options);
     try {
       await client.#health(Math.max(1, deadline - Date.now()));
@@ -174,6 +194,14 @@ export class AgentClient {
       throw error;
     }
     return client;
+  }
+
+  /**
+   * Resolves once the session has ended: with the failure that ended it, and whether that was close() (the host's
+   * choice) rather than the guest (garbage, a hang-up) or the transport.
+   */
+  get ended(): Promise<{ failure: AgentClientError; byHost: boolean }> {
+    return this.#connection.ended;
   }
 
   /** True once the session has ended; reconnecting means calling connect() again. */
@@ -471,8 +499,13 @@ export class AgentClient {
     return openWatch(this.#connection, withPath(AgentPath.watch, path, { recursive: recursive ? "1" : "0" }));
   }
 
-  /** Ends the session and closes the socket; in-flight requests fail with AgentDisconnectedError. */
-  close(): Promise<void> {
+  /**
+   * Ends the session and closes the socket; in-flight requests fail with AgentDisconnectedError, whose message says
+   * `reason` when given (e.g. why the host gave up on the session). With `agentExited`, the host knows the agent
+   * process died (its port closed): in-flight requests fail with AgentExitedError, and started commands end with
+   * SIGKILL, which is what guest-spawner did to them.
+   */
+  close(reason?: string, { agentExited = false }: { agentExited?: boolean } = {}): Promise<void> {
     const { session } = this.#connection;
     if (session.destroyed) return Promise.resolve();
     const closed = new Promise<void>((resolve) => session.once("close", resolve));
@@ -480,7 +513,8 @@ export class AgentClient {
     // from the hang-up alone; a GOAWAY would make it answer with one of its own, and over virtio-serial a write
     // issued after the host left waits in the guest kernel and arrives at the start of the next connection.
     this.#transport.destroy();
-    this.#connection.close();
+    const failure = agentExited ? AgentExitedError : AgentDisconnectedError;
+    this.#connection.close(reason === undefined ? undefined : new failure(`the agent session was lost: ${reason}`));
     return closed;
   }
 
@@ -502,6 +536,15 @@ export class AgentClient {
     if (status === 204) return undefined;
     return connection.readJson(request, deadline, maxResponseBytes);
   }
+}
+
+/** The agent client's error for a failed handshake. */
+function handshakeFailure(error: unknown): AgentClientError {
+  if (error instanceof AgentClientError) return error;
+  if (!(error instanceof AgentHandshakeError)) return new AgentDisconnectedError(`the handshake failed: ${String(error)}`, { cause: error });
+  if (error.reason === "timeout") return new AgentTimeoutError(error.message, { cause: error });
+  if (error.reason === "flooded") return new AgentProtocolError(error.message, { cause: error });
+  return new AgentDisconnectedError(error.message, { cause: error });
 }
 
 function isTerminalSide(value: number, max: number): boolean {

@@ -8,7 +8,7 @@ import {
   type ExecRecord,
 } from "@codecourier/protocol";
 import type { AgentConnection } from "./connection.js";
-import { AgentClientError, AgentDisconnectedError, AgentError, AgentProtocolError, CommandDetachedError } from "./errors.js";
+import { AgentClientError, AgentDisconnectedError, AgentError, AgentExitedError, AgentProtocolError, CommandDetachedError } from "./errors.js";
 import { parseCommandId, parseExecExit } from "./validate.js";
 
 export interface AttachOptions {
@@ -77,6 +77,8 @@ export class CommandHandle {
   #request: ClientHttp2Stream | undefined;
   #exitRecord: ExecExit | undefined;
   #settled = false;
+  /** The agent confirmed the start (sent the command's id). */
+  #started = false;
   #readingErrorBody = false;
   #removeAbortListener = ignore;
 
@@ -199,6 +201,7 @@ export class CommandHandle {
       this.#fail(error as AgentProtocolError, h2.NGHTTP2_PROTOCOL_ERROR);
       return;
     }
+    this.#started = true;
     this.#resolveId(id);
     request.on("data", (chunk: Buffer) => this.#onData(chunk));
     request.on("end", () => {
@@ -274,6 +277,11 @@ export class CommandHandle {
 
   #fail(error: Error, resetCode: number = h2.NGHTTP2_CANCEL): void {
     if (this.#settled) return;
+    if (error instanceof AgentExitedError && this.#started) {
+      // Not a lost connection to a command that may run on: the agent died, and guest-spawner SIGKILLed the
+      // command's process group with it. That is its exit, and a reader of its output learns so.
+      return this.#succeed({ exitCode: null, signal: "SIGKILL", timedOut: false });
+    }
     this.#settle();
     this.#rejectId(error);
     this.#rejectExit(error);

@@ -51,6 +51,10 @@ export class AgentConnection {
   /** Set once the whole session failed; every later stream failure reports this cause. */
   #failure: AgentClientError | undefined;
   readonly activity = new RequestActivity();
+  /** Whether close() ended the session (the host hung up on purpose), rather than the guest or the transport. */
+  #closedByHost = false;
+  /** Resolves once the session has closed, with what ended it. */
+  readonly ended: Promise<{ failure: AgentClientError; byHost: boolean }>;
 
   constructor(
     readonly session: ClientHttp2Session,
@@ -60,7 +64,12 @@ export class AgentConnection {
     session.on("goaway", (code: number) => {
       if (code !== h2.NGHTTP2_NO_ERROR) this.#recordFailure(new AgentProtocolError(`the agent ended the session with error code ${code}`));
     });
-    session.on("close", () => this.#recordFailure(new AgentDisconnectedError("the agent session is closed")));
+    let settleEnded!: (outcome: { failure: AgentClientError; byHost: boolean }) => void;
+    this.ended = new Promise((resolve) => (settleEnded = resolve));
+    session.on("close", () => {
+      this.#recordFailure(new AgentDisconnectedError("the agent session is closed"));
+      settleEnded({ failure: this.#failure!, byHost: this.#closedByHost });
+    });
   }
 
   get isClosed(): boolean {
@@ -254,8 +263,10 @@ export class AgentConnection {
     }
   }
 
-  close(): void {
-    this.#recordFailure(new AgentDisconnectedError("the agent client was closed"));
+  /** Ends the session; in-flight and later requests fail with `failure` (default: "the agent client was closed"). */
+  close(failure: AgentClientError = new AgentDisconnectedError("the agent client was closed")): void {
+    this.#closedByHost = true;
+    this.#recordFailure(failure);
     this.session.destroy();
   }
 }

@@ -25,6 +25,12 @@ export class AgentProtocolError extends AgentClientError {}
 /** The connection to the agent failed, closed, or the request was cancelled underneath. */
 export class AgentDisconnectedError extends AgentClientError {}
 
+/**
+ * The agent process itself exited (the guest closed its port: it was killed, or crashed) under a session. What it
+ * ran went with it: guest-spawner kills the process group of every command when the agent goes away.
+ */
+export class AgentExitedError extends AgentDisconnectedError {}
+
 /** The agent did not answer in time. */
 export class AgentTimeoutError extends AgentClientError {}
 

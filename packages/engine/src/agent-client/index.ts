@@ -4,6 +4,7 @@ export {
   AgentClientError,
   AgentDisconnectedError,
   AgentError,
+  AgentExitedError,
   AgentProtocolError,
   AgentTimeoutError,
   CommandDetachedError,

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { PassThrough, type Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { createAgent, type Agent } from "@codecourier/agent";
-import type { ExecSpec } from "@codecourier/protocol";
+import { answerHostHandshake, type ExecSpec } from "@codecourier/protocol";
 import { compileGuestHelper, guestHelper } from "../images/guest-helpers.js";
 import { AgentClient, AgentError, type CommandHandle } from "./index.js";
 
@@ -24,7 +24,7 @@ async function serve(agent: Agent, dir: string): Promise<{ client: AgentClient; 
   const server: Server = createServer((socket) => {
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
-    agent.serveSession(socket);
+    void answerHostHandshake(socket).then(() => agent.serveSession(socket), () => socket.destroy());
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);

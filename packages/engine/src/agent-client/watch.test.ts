@@ -2,6 +2,7 @@
 // the way the system disk build does): what a watcher reports for what commands do, and how the host bounds a
 // lying guest's watch stream.
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { spawnSync } from "node:child_process";
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { connect as connectHttp2, createServer as createHttp2Server, type ServerHttp2Stream } from "node:http2";
@@ -11,7 +12,7 @@ import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { createAgent, type Agent, type AgentSession } from "@codecourier/agent";
-import { AgentPath, WATCH_CONTENT_TYPE, type WatchEvent } from "@codecourier/protocol";
+import { AGENT_HANDSHAKE_LIMITS, AgentPath, WATCH_CONTENT_TYPE, answerHostHandshake, performHostHandshake, type WatchEvent } from "@codecourier/protocol";
 import { compileGuestHelper, guestHelper } from "../images/guest-helpers.js";
 import { AgentClient, AgentError, AgentProtocolError, parseWatchEvent } from "./index.js";
 import { FAKE_AGENT_HEALTH, serveFakeAgent } from "./testing/in-process-agent.js";
@@ -100,7 +101,7 @@ describe("file watch through the in-process agent", () => {
     server = createServer((socket) => {
       sockets.add(socket);
       socket.on("close", () => sockets.delete(socket));
-      sessions.push(agent.serveSession(socket));
+      void answerHostHandshake(socket).then(() => sessions.push(agent.serveSession(socket)), () => socket.destroy());
     });
     await listen(server, join(socketDir, "agent.sock"));
     client = await AgentClient.connect(join(socketDir, "agent.sock"), { timeoutMs: 5_000 });
@@ -224,7 +225,9 @@ describe("file watch through the in-process agent", () => {
   it("answers a missing path with not_found and a bad recursive flag with bad_request", async () => {
     await assert.rejects(client.watch(join(work, "no-such-dir")), (error: unknown) => error instanceof AgentError && error.code === "not_found" && error.status === 404);
     // Straight to the agent: the client only ever sends 0 or 1.
-    const session = connectHttp2("http://agent", { createConnection: () => createConnection(join(socketDir, "agent.sock")) });
+    const socket = createConnection(join(socketDir, "agent.sock"));
+    await performHostHandshake(socket, randomBytes(AGENT_HANDSHAKE_LIMITS.nonceBytes).toString("hex"), 5_000);
+    const session = connectHttp2("http://agent", { createConnection: () => socket });
     try {
       const request = session.request({ ":path": `${AgentPath.watch}?${new URLSearchParams({ path: work, recursive: "yes" }).toString()}` });
       const status = await new Promise((resolve, reject) => {

@@ -51,7 +51,7 @@ export interface CommandFields {
   user?: string;
   timeoutMs?: number;
 }
-const LIVE_STATES: ApiSandboxState[] = ["running", "paused"];
+const LIVE_STATES: ApiSandboxState[] = ["running", "unhealthy", "paused"];
 /** Rows read from the control database at a time while filtering a list page. */
 const LIST_SCAN_BATCH = 500;
 
@@ -445,7 +445,7 @@ export class SandboxService {
   #state(sandboxId: string): ApiSandboxState {
     try {
       const state = this.engine.sandboxInfo(sandboxId).state;
-      return state === "running" || state === "paused" || state === "lost" ? state : state === "creating" ? "running" : "stopped";
+      return state === "running" || state === "unhealthy" || state === "paused" || state === "lost" ? state : state === "creating" ? "running" : "stopped";
     } catch {
       return "stopped";
     }

@@ -136,6 +136,38 @@ describe("guest-spawner helper", () => {
     assert.equal(answers[3], `exit ${spawned[1]} 7 0`);
   });
 
+  it("starts commands with an OOM score adjustment of 0, whatever its own", () => {
+    // In the guest the helper runs with -1000; lowering needs CAP_SYS_RESOURCE, which a test host may not grant,
+    // so the helper runs with 500 here: the command must still come out at 0.
+    const check = `3 ${hex("sh")} ${hex("-c")} ${hex('test "$(cat /proc/self/oom_score_adj)" = 0')} 1 ${hex("PATH=/usr/bin:/bin")}`;
+    const script = `echo 500 > /proc/self/oom_score_adj && (printf '%s\\n' "$1"; sleep 0.5) | ${helper} --serve`;
+    const result = spawnSync("sh", ["-c", script, "sh", `spawn c1 0 - - ${hex("/")} ${check}`]);
+    const answers = result.stdout.toString().trim().split("\n");
+    const spawned = /^spawned c1 (\d+) -1 \d+ \d+$/.exec(answers[0] ?? "");
+    assert.ok(spawned, answers.join(" | ") + result.stderr.toString());
+    assert.equal(answers[1], `exit ${spawned[1]} 0 0`, "the command saw oom_score_adj 0");
+  });
+
+  it("kills the process groups of the commands still running when the agent goes away (stdin closes)", async () => {
+    const pidFile = join(dir, "grandchild.pid");
+    // A command that leaves a grandchild in its process group, then waits.
+    const command = `3 ${hex("sh")} ${hex("-c")} ${hex(`sleep 300 & echo $! > ${pidFile}; wait`)} 1 ${hex("PATH=/usr/bin:/bin")}`;
+    const result = spawnSync("sh", ["-c", `(printf '%s\\n' "$1"; sleep 0.5) | ${helper} --serve`, "sh", `spawn k1 0 - - ${hex("/")} ${command}`]);
+    assert.match(result.stdout.toString(), /^spawned k1 \d+/);
+    const grandchild = Number((await readFile(pidFile, "utf8")).trim());
+    assert.ok(grandchild > 0);
+    let alive = true;
+    for (let i = 0; i < 100 && alive; i++) {
+      try {
+        process.kill(grandchild, 0);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      } catch {
+        alive = false;
+      }
+    }
+    assert.equal(alive, false, "the command's grandchild was killed with its group");
+  });
+
   it("refuses malformed terminal requests and resizes of terminals it does not have", () => {
     const shell = `3 ${hex("sh")} ${hex("-c")} ${hex("exit 0")} 0`;
     const malformed = [

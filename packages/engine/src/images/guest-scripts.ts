@@ -59,10 +59,20 @@ $B ip link set lo up 2>/dev/null
 # (src/network/netns.ts). Without a network backend the device is there but nothing answers.
 $B ip link set eth0 up 2>/dev/null && $B ip addr add ${GUEST_NETWORK.address}/${GUEST_NETWORK.prefixLength} dev eth0 && $B ip route add default via ${GUEST_NETWORK.gateway}
 $B rm -f /etc/resolv.conf && echo "nameserver ${GUEST_NETWORK.gateway}" > /etc/resolv.conf
-(while :; do
+# The agent's keeper. -1000 keeps the OOM killer off the agent and the helpers it starts (they inherit it);
+# guest-spawner gives every command 0 again. A dead agent is started again after a delay (in tenths of a second)
+# that starts at 0.2 s and doubles, up to 5 s, while it keeps dying within 30 s of its start.
+(echo -1000 > /proc/self/oom_score_adj
+delay=2
+while :; do
+  read started rest < /proc/uptime
   ${agentCommand}
-  echo "cc-init: agent exited with $?, restarting"
-  $B sleep 0.2
+  status=$?
+  read ended rest < /proc/uptime
+  if [ $(( \${ended%.*} - \${started%.*} )) -ge 30 ]; then delay=2; fi
+  echo "cc-init: agent exited with $status, restarting in \${delay}00 ms"
+  $B sleep $(( delay / 10 )).$(( delay % 10 ))
+  delay=$(( delay * 2 > 50 ? 50 : delay * 2 ))
 done) &
 while :; do wait; done
 `;

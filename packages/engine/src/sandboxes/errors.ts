@@ -29,6 +29,16 @@ export class SandboxStateError extends SandboxError {
   }
 }
 
+/**
+ * The sandbox runs, but its agent session was lost (the agent exited or the guest broke the session) and the engine
+ * is reconnecting: nothing can reach the guest until the agent answers again. Retrying shortly is the remedy.
+ */
+export class SandboxUnhealthyError extends SandboxError {
+  constructor(id: string, reason: string) {
+    super("sandbox_unhealthy", `the agent of sandbox ${id} is restarting (${reason}); retry in a few seconds`);
+  }
+}
+
 /** The snapshot was saved by another kernel, system disk, QEMU or device layout than this engine runs. */
 export class SnapshotIncompatibleError extends SandboxError {
   constructor(

@@ -20,6 +20,7 @@ import {
   InvalidRequestError,
   SandboxNotFoundError,
   SandboxStateError,
+  SandboxUnhealthyError,
   SnapshotIncompatibleError,
   SnapshotInUseError,
   SnapshotNotFoundError,
@@ -84,7 +85,8 @@ export interface SnapshotInfo {
 
 export interface SandboxInfo {
   id: string;
-  state: SandboxRow["state"];
+  /** The stored state, except "unhealthy" for a running sandbox whose agent session is being re-opened. */
+  state: SandboxRow["state"] | "unhealthy";
   fromSnapshotId: string;
   memoryMiB: number;
   cpus: number;
@@ -414,17 +416,25 @@ export class SandboxEngine {
       if (row && row.state === "paused") throw new SandboxStateError(`sandbox ${id} is paused; resume it first`);
       throw new SandboxNotFoundError(id);
     }
+    if (vm.agentDown !== undefined) throw new SandboxUnhealthyError(id, vm.agentDown);
     return { id, vm, agent: vm.agent };
   }
 
   sandboxInfo(id: string): SandboxInfo {
     const row = this.db.sandbox(id);
     if (!row || row.state === "pooled") throw new SandboxNotFoundError(id);
-    return toSandboxInfo(row);
+    return this.#info(row);
   }
 
   listSandboxes(): SandboxInfo[] {
-    return this.db.sandboxes(["creating", "running", "paused"]).map(toSandboxInfo);
+    return this.db.sandboxes(["creating", "running", "paused"]).map((row) => this.#info(row));
+  }
+
+  /** A sandbox's info; "unhealthy" is not stored: it is a running VM whose agent session is being re-opened. */
+  #info(row: SandboxRow): SandboxInfo {
+    const info = toSandboxInfo(row);
+    if (row.state === "running" && this.#running.get(row.id)?.agentDown !== undefined) info.state = "unhealthy";
+    return info;
   }
 
   snapshotInfo(id: string): SnapshotInfo {
@@ -510,6 +520,9 @@ export class SandboxEngine {
     if (!row || !LIVE_SANDBOX_STATES.includes(row.state) || row.state === "pooled") throw new SandboxNotFoundError(id);
     const vm = this.#running.get(id);
     if (row.state !== "running" || !vm) throw new SandboxStateError(`sandbox ${id} is ${row.state}, not running`);
+    // Refused rather than waited for: a snapshot needs the agent (to sync the guest's disks), and a caller that
+    // retries after the error decides itself how long a pause may wait.
+    if (vm.agentDown !== undefined) throw new SandboxUnhealthyError(id, vm.agentDown);
     return { vm, row };
   }
 
@@ -557,6 +570,8 @@ export class SandboxEngine {
    * follow at once instead of one round trip later. A failed refresh ends the sandbox.
    */
   #refreshIdentity(vm: Vm, row: SandboxRow): void {
+    // A restarting agent has nothing to refresh: the guest kernel kept its clock and names, and it was not asleep.
+    if (vm.agentDown !== undefined) return;
     vm.agent
       .refreshIdentity(identityRequest(row))
       .catch(async (error: unknown) => {
@@ -578,6 +593,12 @@ export class SandboxEngine {
       const row = this.db.sandbox(id);
       if (row) this.#refreshIdentity(vm, row);
     };
+    vm.on("agent-down", (reason: string) => {
+      if (this.#running.get(id) === vm) process.emitWarning(`sandbox ${id}: agent session lost (${reason}); reconnecting`);
+    });
+    vm.on("agent-up", () => {
+      if (this.#running.get(id) === vm) process.emitWarning(`sandbox ${id}: agent session open again`);
+    });
     vm.once("crashed", () => {
       if (this.#running.get(id) !== vm) return;
       this.#running.delete(id);

@@ -2,13 +2,14 @@ import { API_ERROR_CODES, type ApiErrorCode } from "@codecourier/protocol/api";
 import { ZodError } from "zod";
 import { NetworkRequestError } from "../network/network-service.js";
 import { PolicyError } from "../network/policy.js";
-import { AgentError } from "../agent-client/errors.js";
+import { AgentDisconnectedError, AgentError, AgentProtocolError } from "../agent-client/errors.js";
 import { QuotaExceededError, type QuotaBreach } from "../control/tenant-quota.js";
 import {
   InvalidRequestError,
   SandboxError,
   SandboxNotFoundError,
   SandboxStateError,
+  SandboxUnhealthyError,
   SnapshotInUseError,
   SnapshotNotFoundError,
 } from "../sandboxes/errors.js";
@@ -55,6 +56,13 @@ export function toApiError(error: unknown): { apiError: ApiError; unexpected: bo
   }
   if (error instanceof SandboxStateError || error instanceof SnapshotInUseError) {
     return { apiError: new ApiError("conflict", error.message), unexpected: false };
+  }
+  if (error instanceof SandboxUnhealthyError) return { apiError: new ApiError("sandbox_unhealthy", error.message), unexpected: false };
+  if (error instanceof AgentDisconnectedError || error instanceof AgentProtocolError) {
+    // The session a request ran on ended under it: the agent exited (it is restarted and the engine reconnects),
+    // the guest broke the protocol (the engine reconnects), or the sandbox ended (the next call says so).
+    const message = "the sandbox's agent connection was lost during the request (its agent is restarting, or the sandbox ended); retry";
+    return { apiError: new ApiError("sandbox_unhealthy", message), unexpected: false };
   }
   if (error instanceof AgentError) {
     // The guest's own answer (e.g. a file that does not exist): the tenant's guest, so its message is passed on.

@@ -17,3 +17,5 @@ export class VmBootTimeoutError extends VmError {}
 export class VmCrashedError extends VmError {}
 /** Invalid VM options: memory, CPUs, or paths. Nothing was started. */
 export class VmConfigError extends VmError {}
+/** The VM runs, but its agent session was lost and a new one is not open yet (the agent is restarting). */
+export class VmAgentDownError extends VmError {}

@@ -93,6 +93,12 @@ export function hostTscKhz(): number | undefined {
 }
 
 /** The qemu-system-x86_64 argument list for a microvm with our device layout. */
+/**
+ * The agent port's device id: QEMU names it in VSERPORT_CHANGE events, which is how the host learns that the guest
+ * closed the port (the agent exited) while the socket to QEMU stays connected.
+ */
+export const AGENT_PORT_DEVICE_ID = "agent-port";
+
 export function qemuArgs(spec: MachineSpec): string[] {
   const args = [
     "-M",
@@ -137,7 +143,7 @@ export function qemuArgs(spec: MachineSpec): string[] {
       "-chardev",
       `socket,id=agent,path=${spec.agentSocket},server=on,wait=off`,
       "-device",
-      `virtserialport,chardev=agent,name=${AGENT_PORT_NAME}`,
+      `virtserialport,chardev=agent,name=${AGENT_PORT_NAME},id=${AGENT_PORT_DEVICE_ID}`,
     );
   }
   if (spec.systemDiskPath) {

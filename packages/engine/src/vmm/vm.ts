@@ -3,21 +3,20 @@ import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { closeSync, existsSync, openSync } from "node:fs";
 import { copyFile, mkdir, readdir, rm } from "node:fs/promises";
-import { connect as connectSocket } from "node:net";
 import { setPriority } from "node:os";
 import { join } from "node:path";
 import { dataDir } from "../config.js";
 import { boundConsoleLog, pruneKeptConsoleLogs, releaseConsoleLog } from "./console-log.js";
 import type { GuestImage } from "../images/guest-image.js";
-import { AgentClient, AgentDisconnectedError, AgentProtocolError } from "../agent-client/index.js";
+import { AgentClient } from "../agent-client/index.js";
 import { runTool } from "../util/run-tool.js";
 import { chooseAccelerator } from "./accel.js";
 import { createVmCgroup, joinVmCgroup, type VmCgroup } from "./cgroups/vm-cgroup.js";
 import { vmResourceLimits, type VmResourceLimits } from "./cgroups/vm-limits.js";
-import { VmBootTimeoutError, VmConfigError, VmCrashedError } from "./errors.js";
-import { CPU_LIMITS, MEMORY_LIMITS_MIB, QEMU_BINARY, qemuArgs, type Accelerator, type GuestMemory } from "./machine.js";
+import { VmAgentDownError, VmBootTimeoutError, VmConfigError, VmCrashedError } from "./errors.js";
+import { AGENT_PORT_DEVICE_ID, CPU_LIMITS, MEMORY_LIMITS_MIB, QEMU_BINARY, qemuArgs, type Accelerator, type GuestMemory } from "./machine.js";
 import { loadDeviceState } from "./migration.js";
-import { QmpClient } from "./qmp.js";
+import { QmpClient, type QmpEvent } from "./qmp.js";
 import { adoptedProcess, spawnedProcess, type QemuProcess } from "./qemu-process.js";
 import { trackVm, untrackVm } from "./reaper.js";
 
@@ -78,44 +77,21 @@ function qemuCommand(args: string[], options: VmOptions): [string, string[]] {
 const MAX_SOCKET_PATH = 107;
 /** Descriptor number under which a restoring QEMU inherits the device state file. */
 const INCOMING_STATE_FD = 3;
-/** Connection attempts of reconnectAgent(); see there why one may fail. */
-const RECONNECT_ATTEMPTS = 3;
-/** drainStaleOutput() stops once the agent's port has sent nothing for this long. */
-const DRAIN_QUIET_MS = 300;
-/** Most stale bytes one drain reads before giving up (a guest that keeps sending is not stale, it is hostile). */
-const DRAIN_MAX_BYTES = 16 * 1024 * 1024;
-
+/** First pause between agent connection attempts; it doubles up to AGENT_RETRY_MAX_DELAY_MS. */
+const AGENT_RETRY_FIRST_DELAY_MS = 200;
+const AGENT_RETRY_MAX_DELAY_MS = 5_000;
 /**
- * Connects to the agent's port without sending anything and discards what arrives until the port is quiet for
- * DRAIN_QUIET_MS (or `deadline`). Writes the guest issued for an earlier, closed connection land here instead of in
- * the next real one; the agent starts no session for a connection that sends no bytes, so it adds none of its own.
+ * Bound on one attempt to reach an agent that restarts (handshake and first health answer): the hello waits in the
+ * socket until the new agent opens its port, which under TCG on a busy host takes several seconds.
  */
-async function drainStaleOutput(socketPath: string, deadline: number): Promise<void> {
-  const socket = connectSocket(socketPath);
-  await new Promise<void>((resolve) => {
-    let received = 0;
-    let quietTimer: NodeJS.Timeout | undefined;
-    const finish = () => {
-      clearTimeout(quietTimer);
-      clearTimeout(deadlineTimer);
-      socket.destroy();
-      resolve();
-    };
-    const armQuietTimer = () => {
-      clearTimeout(quietTimer);
-      quietTimer = setTimeout(finish, Math.min(DRAIN_QUIET_MS, Math.max(0, deadline - Date.now())));
-    };
-    const deadlineTimer = setTimeout(finish, Math.max(0, deadline - Date.now()));
-    socket.on("connect", armQuietTimer);
-    socket.on("data", (chunk: Buffer) => {
-      received += chunk.length;
-      if (received > DRAIN_MAX_BYTES) finish();
-      else armQuietTimer();
-    });
-    socket.on("error", finish);
-    socket.on("close", finish);
-  });
-}
+const AGENT_RECOVERY_ATTEMPT_MS = 20_000;
+/**
+ * How long a VM whose agent session was lost keeps trying to reach a new agent before it is given up as crashed.
+ * The guest's keeper restarts the agent within seconds; a guest whose agent stays away this long is not coming back.
+ */
+const AGENT_RECOVERY_WINDOW_MS = 3 * 60_000;
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function logsDir(): string {
   return join(dataDir(), "logs");
@@ -126,11 +102,17 @@ function logsDir(): string {
  * overlay, console log): whatever way it ends — stop, kill, crash, boot timeout — both are gone afterwards,
  * except the console log, which is kept under logs/ when the VM failed.
  *
- * Events: "crashed" (VmCrashedError) when QEMU exits without being asked to.
+ * Events: "crashed" (VmCrashedError) when QEMU exits without being asked to, or when its agent stayed unreachable
+ * for AGENT_RECOVERY_WINDOW_MS; "agent-down" (reason: string) when the agent session ended without the host asking
+ * (the agent exited: its port closed; or the guest broke the session); "agent-up" once a new session is open.
  */
 export class Vm extends EventEmitter {
   state: VmState = "booting";
   #agent: AgentClient | undefined;
+  /** Set while the agent session is lost and a new one is being opened; why it was lost. */
+  #agentDown: string | undefined;
+  /** Set during an agent connection attempt: gives it up when the guest opens the agent's port. */
+  #onPortOpened: (() => void) | undefined;
   #qmp: QmpClient | undefined;
   #exit: Promise<void>;
   #stopping = false;
@@ -184,7 +166,13 @@ export class Vm extends EventEmitter {
 
   get agent(): AgentClient {
     if (!this.#agent || this.state !== "running") throw new VmCrashedError(`VM ${this.id} is ${this.state}`, this.id);
+    if (this.#agentDown !== undefined) throw new VmAgentDownError(`VM ${this.id}: its agent is restarting (${this.#agentDown})`, this.id);
     return this.#agent;
+  }
+
+  /** Why the agent session is lost while the VM reconnects, or undefined while it is up. */
+  get agentDown(): string | undefined {
+    return this.#agentDown;
   }
 
   get qmp(): QmpClient {
@@ -390,37 +378,103 @@ export class Vm extends EventEmitter {
         await new Promise((r) => setTimeout(r, 2));
       }
       this.#qmp = await QmpClient.connect(qmpSocket, Math.max(1, deadline - Date.now()));
+      this.#qmp.on("event", (event: QmpEvent) => this.#onQmpEvent(event));
       await then();
     };
     await Promise.race([connectAll(), exited]);
   }
 
   /**
-   * Opens a new agent session on the same running agent (the old one is closed first).
-   *
-   * A guest write that was already inside the guest kernel when the previous connection closed (e.g. output of a
-   * command still streaming) cannot be recalled: it arrives at the start of the next connection, which then fails
-   * with a protocol error. Retrying at once would not help: the agent answers the failed attempt after the host
-   * has left, and those answers corrupt the next attempt the same way. So before each retry a connection that
-   * sends nothing (the agent has nothing to answer) collects the stale bytes until the port is quiet.
+   * Opens a new agent session on the same running agent (the old one is closed first). Whatever stale bytes the
+   * port still holds (output the guest was writing when the previous connection closed) are skipped by the
+   * handshake every connection starts with, so a retry is only needed for a transient failure.
    */
   async reconnectAgent(timeoutMs = 10_000): Promise<AgentClient> {
     await this.#agent?.close();
     return this.#useAgent(await this.#connectAgentWithRetry(Date.now() + timeoutMs));
   }
 
-  async #connectAgentWithRetry(deadline: number): Promise<AgentClient> {
+  /**
+   * Connects to the agent, retrying with a doubling pause until `deadline`; throws the last failure. While
+   * recovering a lost agent, an attempt is given up early when the guest opens the agent's port meanwhile: whoever
+   * opened it (a restarted agent, or a guest process in its place) may never see a hello sent before, so a fresh
+   * one is due. (Not otherwise: a restored VM reports its port opening again after the load, with nothing lost.)
+   */
+  async #connectAgentWithRetry(
+    deadline: number,
+    { attemptTimeoutMs = Number.POSITIVE_INFINITY, restartOnPortOpen = false }: { attemptTimeoutMs?: number; restartOnPortOpen?: boolean } = {},
+  ): Promise<AgentClient> {
     const socketPath = join(this.runDir, "agent.sock");
-    for (let attempt = 1; ; attempt++) {
+    let delay = AGENT_RETRY_FIRST_DELAY_MS;
+    for (;;) {
       if (this.state === "stopped" || this.state === "crashed") throw new VmCrashedError(`VM ${this.id} is ${this.state}`, this.id);
+      const portOpened = new AbortController();
+      if (restartOnPortOpen) this.#onPortOpened = () => portOpened.abort();
       try {
-        return await AgentClient.connect(socketPath, { timeoutMs: Math.max(1, deadline - Date.now()) });
+        const timeoutMs = Math.max(1, Math.min(attemptTimeoutMs, deadline - Date.now()));
+        return await AgentClient.connect(socketPath, { timeoutMs, signal: portOpened.signal });
       } catch (error) {
-        const retriable = error instanceof AgentProtocolError || error instanceof AgentDisconnectedError;
-        if (!retriable || attempt >= RECONNECT_ATTEMPTS || Date.now() >= deadline) throw error;
-        await drainStaleOutput(socketPath, deadline);
+        if (portOpened.signal.aborted && Date.now() + AGENT_RETRY_FIRST_DELAY_MS < deadline) {
+          // A short pause all the same: a guest that opens and closes its port in a loop sets the pace otherwise.
+          await sleep(AGENT_RETRY_FIRST_DELAY_MS);
+          continue;
+        }
+        if (Date.now() + delay >= deadline) throw error;
+        await sleep(delay);
+        delay = Math.min(delay * 2, AGENT_RETRY_MAX_DELAY_MS);
+      } finally {
+        this.#onPortOpened = undefined;
       }
     }
+  }
+
+  /**
+   * The agent closed its port (it exited, or was killed): the session over it is dead, though the socket is not.
+   * The port opened: a connection attempt in progress starts over (see #connectAgentWithRetry).
+   */
+  #onQmpEvent(event: QmpEvent): void {
+    if (event.event !== "VSERPORT_CHANGE") return;
+    const data = event.data as { id?: unknown; open?: unknown } | undefined;
+    if (data?.id !== AGENT_PORT_DEVICE_ID) return;
+    if (data.open === true) return this.#onPortOpened?.();
+    if (this.#agent !== undefined && !this.#agent.closed) this.#agentLost("the agent closed its port (it exited)", { agentExited: true });
+  }
+
+  /**
+   * The session ended without the host asking, or the agent went away under it: fail what is in flight (the
+   * session is closed, so its requests end with AgentDisconnectedError), tell the owner, and open a new session
+   * with back-off until one answers or AGENT_RECOVERY_WINDOW_MS has passed (then the VM is given up as crashed).
+   */
+  #agentLost(reason: string, { agentExited = false } = {}): void {
+    if (this.#agentDown !== undefined || this.state !== "running" || this.#stopping) return;
+    this.#agentDown = reason;
+    // Hanging up also throws away what the old connection still had queued in the socket.
+    void this.#agent?.close(reason, { agentExited });
+    this.emit("agent-down", reason);
+    void this.#recoverAgent();
+  }
+
+  async #recoverAgent(): Promise<void> {
+    const deadline = Date.now() + AGENT_RECOVERY_WINDOW_MS;
+    let client: AgentClient;
+    try {
+      // A guest put to sleep while idle runs nothing, its agent keeper included.
+      if (this.#asleep) await this.continue();
+      client = await this.#connectAgentWithRetry(deadline, { attemptTimeoutMs: AGENT_RECOVERY_ATTEMPT_MS, restartOnPortOpen: true });
+    } catch (error) {
+      if (this.state !== "running" || this.#stopping) return;
+      const kept = await this.#teardown(true);
+      const message = `VM ${this.id}: its agent did not come back within ${AGENT_RECOVERY_WINDOW_MS / 1000} s (${this.#agentDown}): ${(error as Error).message}`;
+      this.emit("crashed", new VmCrashedError(message, this.id, kept, { cause: error }));
+      return;
+    }
+    if (this.state !== "running" || this.#stopping) {
+      await client.close();
+      return;
+    }
+    this.#agentDown = undefined;
+    this.#useAgent(client);
+    this.emit("agent-up");
   }
 
   /** Sets the scheduling niceness of every QEMU thread (Linux schedules threads, not processes). */
@@ -439,6 +493,10 @@ export class Vm extends EventEmitter {
   #useAgent(client: AgentClient): AgentClient {
     this.#agent = client;
     client.activity.onRequestStarting = () => this.#wakeForRequest();
+    void client.ended.then(({ failure, byHost }) => {
+      // The host's own close (a reconnect, a template being saved, the VM stopping) is not a loss.
+      if (!byHost && this.#agent === client) this.#agentLost(failure.message);
+    });
     return client;
   }
 
@@ -464,7 +522,7 @@ export class Vm extends EventEmitter {
    * before it is sent, and {@link onWake} runs first. Returns whether the VM went to sleep.
    */
   async sleepIfIdle(idleForMs: number): Promise<boolean> {
-    if (this.#asleep || this.state !== "running" || !this.#agent) return false;
+    if (this.#asleep || this.state !== "running" || !this.#agent || this.#agentDown !== undefined) return false;
     const { activity } = this.#agent;
     if (activity.inFlight > 0 || activity.idleMs < idleForMs) return false;
     const guest = await this.#agent.guestActivity();

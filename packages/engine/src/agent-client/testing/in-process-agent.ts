@@ -4,7 +4,7 @@ import { createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Agent, AgentSession } from "@codecourier/agent";
-import type { AgentHealth } from "@codecourier/protocol";
+import { answerHostHandshake, type AgentHealth } from "@codecourier/protocol";
 import { AgentClient } from "../client.js";
 
 /** An agent served in this process on a Unix socket, the way QEMU exposes the guest's port to the host. */
@@ -27,7 +27,11 @@ export async function serveAgentInProcess(agent: Agent, prefix = "cc-agent-test-
   const server = createServer((socket) => {
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
-    sessions.push(agent.serveSession(socket));
+    // As the guest's session loop does: the host's handshake first, then HTTP/2.
+    answerHostHandshake(socket).then(
+      () => sessions.push(agent.serveSession(socket)),
+      () => socket.destroy(),
+    );
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -48,7 +52,10 @@ export async function serveAgentInProcess(agent: Agent, prefix = "cc-agent-test-
   };
 }
 
-/** Serves a scripted HTTP/2 "agent" on a real Unix socket, runs `check` with a connected client, cleans up. */
+/**
+ * Serves a scripted HTTP/2 "agent" on a real Unix socket, runs `check` with a connected client, cleans up.
+ * `onSocket` sees each connection once its handshake is answered (what it writes reaches the host's HTTP/2).
+ */
 export async function serveFakeAgent(
   dir: string,
   socketPath: string,
@@ -57,9 +64,14 @@ export async function serveFakeAgent(
   onSocket: (socket: Socket) => void = () => {},
 ): Promise<void> {
   const server = createServer((socket) => {
-    onSocket(socket);
     socket.on("error", () => {});
-    http2.emit("connection", socket);
+    answerHostHandshake(socket).then(
+      () => {
+        onSocket(socket);
+        http2.emit("connection", socket);
+      },
+      () => socket.destroy(),
+    );
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
