@@ -59,7 +59,8 @@ export const AgentPath = {
   identity: "/v1/identity",
   /**
    * GET streams the file's bytes, PUT replaces it atomically with the request body → {@link FileStat}. PUT query:
-   * path, mode (octal), mtime (ms since the epoch, set before the rename). With `partial=1&offset=N` instead, PUT
+   * path, mode (octal), mtime (ms since the epoch, set before the rename), size (the body's length when known: a
+   * body that ends shorter, or is cancelled, leaves the old file). With `partial=1&offset=N` instead, PUT
    * writes the body into `path` at byte N without replacing it (the file is created if missing and cut at N first,
    * so it holds exactly N + body bytes; N past its end is refused) and fsyncs: one chunk of a resumable upload.
    */

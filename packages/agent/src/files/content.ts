@@ -55,7 +55,8 @@ interface Settings {
 export function handleFileWrite(stream: ServerHttp2Stream, path: string, query: URLSearchParams): Promise<void> {
   if (query.get("partial") === "1") return receiveFileChunk(stream, path, parseOffset(query.get("offset")));
   if (query.has("offset")) throw badRequest("offset is for partial writes (partial=1)");
-  return receiveFileContent(stream, path, { mode: parseMode(query.get("mode")), mtimeMs: parseMtime(query.get("mtime")) });
+  const size = query.get("size");
+  return receiveFileContent(stream, path, { mode: parseMode(query.get("mode")), mtimeMs: parseMtime(query.get("mtime")) }, size === null ? undefined : parseOffset(size));
 }
 
 /**
@@ -63,7 +64,7 @@ export function handleFileWrite(stream: ServerHttp2Stream, path: string, query: 
  * its mode, owner and mtime and then renamed over the target, so readers see either the old or the new content,
  * never a partial file, and never the new content with the wrong mtime.
  */
-async function receiveFileContent(stream: ServerHttp2Stream, path: string, settings: Settings): Promise<void> {
+async function receiveFileContent(stream: ServerHttp2Stream, path: string, settings: Settings, expectedBytes: number | undefined): Promise<void> {
   const existing = await lstatIfExists(path);
   if (existing?.isDirectory()) throw new RequestError(409, "is_directory", `is a directory: ${path}`);
 
@@ -71,7 +72,11 @@ async function receiveFileContent(stream: ServerHttp2Stream, path: string, setti
   const handle = await openCreatingParents(tempPath, "wx");
   let renamed = false;
   try {
-    await writeBody(stream, handle, 0);
+    const received = await writeBody(stream, handle, 0);
+    // A body cut short never replaces the file: neither one shorter than the host announced, nor one whose stream
+    // the host reset (Node's http2 may end a reset stream's readable side like a complete one).
+    if (stream.aborted || (stream.rstCode !== undefined && stream.rstCode !== 0)) throw badRequest("the body was cancelled before its end");
+    if (expectedBytes !== undefined && received !== expectedBytes) throw badRequest(`the body ended after ${received} of ${expectedBytes} bytes`);
     await settleAndRename(handle, tempPath, path, existing, settings);
     renamed = true;
   } finally {
@@ -142,7 +147,8 @@ async function settleAndRename(handle: FileHandle, tempPath: string, path: strin
   await rename(tempPath, path);
 }
 
-async function writeBody(stream: ServerHttp2Stream, handle: FileHandle, startOffset: number): Promise<void> {
+/** Writes the request body at `startOffset`; returns how many bytes it had. */
+async function writeBody(stream: ServerHttp2Stream, handle: FileHandle, startOffset: number): Promise<number> {
   let position = startOffset;
   let pending: Buffer[] = [];
   let pendingBytes = 0;
@@ -159,6 +165,7 @@ async function writeBody(stream: ServerHttp2Stream, handle: FileHandle, startOff
     if (pendingBytes >= writeBatchBytes) await flush();
   }
   if (pendingBytes > 0) await flush();
+  return position - startOffset;
 }
 
 async function openCreatingParents(path: string, flags: string | number): Promise<FileHandle> {

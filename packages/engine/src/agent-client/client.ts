@@ -79,6 +79,8 @@ export interface WriteFileOptions {
   mode?: number;
   /** The new file's mtime, whole ms since the epoch; set before it replaces the old one. Default: when written. */
   mtimeMs?: number;
+  /** The body's length, when known: a body that ends with fewer bytes leaves the old file (writeFile only). */
+  expectedBytes?: number;
 }
 
 const defaultConnectTimeoutMs = 10_000;
@@ -560,8 +562,12 @@ function checkMode(mode: number): void {
 }
 
 /** The query parameters of a new file's mode and mtime, checked here so that bad values never reach the guest. */
-function fileSettingsQuery({ mode, mtimeMs }: WriteFileOptions): Record<string, string> {
+function fileSettingsQuery({ mode, mtimeMs, expectedBytes }: WriteFileOptions): Record<string, string> {
   const query: Record<string, string> = {};
+  if (expectedBytes !== undefined) {
+    if (!Number.isSafeInteger(expectedBytes) || expectedBytes < 0) throw new RangeError(`invalid size: ${expectedBytes}`);
+    query.size = String(expectedBytes);
+  }
   if (mode !== undefined) {
     checkMode(mode);
     query.mode = mode.toString(8);

@@ -228,12 +228,6 @@ describe("API edges (real server, real VM; hostile suite)", () => {
 
   it(
     "a whole-file write whose body was cut short (408 or the client gone) leaves the old file, not the bytes that came",
-    {
-      todo:
-        "the guest agent commits a cancelled stream: Node's http2 ends a stream reset by the host (RST_STREAM CANCEL) " +
-        "with a normal 'end', so receiveFileContent (packages/agent/src/files/content.ts) renames the partial temp file " +
-        "into place (every time when the client hangs up, now and then after a 408); the host does cancel the stream",
-    },
     async () => {
       const write = (path: string, body: string) =>
         fetch(`${base}/v1/sandboxes/${sandboxId}/files/content?path=${encodeURIComponent(path)}`, {

@@ -74,9 +74,12 @@ export function fileRoutes(sandboxes: SandboxService): RouteSpec[] {
         const { path, mode, mtime } = FileWriteQuerySchema.parse(r.query);
         const body = requireStreamBody(r);
         const running = await sandbox(t, r);
+        const announced = Number(r.headers["content-length"]);
         return running.agent.writeFile(resolveInSandbox(path), body, {
           mode: mode === undefined ? undefined : parseInt(mode, 8),
           mtimeMs: mtime,
+          // A client that hangs up mid-body must not leave the bytes that came as the file.
+          expectedBytes: Number.isSafeInteger(announced) && announced >= 0 ? announced : undefined,
         });
       },
     },
