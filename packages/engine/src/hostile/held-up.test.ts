@@ -9,6 +9,8 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { apiCaller, eventually } from "../testing/api-caller.js";
 import { startLocalServer, type LocalServer } from "../testing/local-server.js";
+import { engineTag } from "../network/host-network.js";
+import { runTool } from "../util/run-tool.js";
 
 /** A JSON body each route accepts, so that only the tenant check can refuse it (keyed "METHOD /path/{param}"). */
 const VALID_BODIES: Record<string, unknown> = {
@@ -245,9 +247,12 @@ describe("hostile: what held up stays held (real server, real VMs)", () => {
     assert.equal(proto.body.error.code, "bad_request", "not a template name at all");
   });
 
-  it("leaves no VM of a killed sandbox behind", async () => {
+  it("leaves no VM or network namespace of a killed sandbox behind", async () => {
     // Only the warm pool's clone may remain.
     assert.ok(await eventually(() => qemuRunDirs().length <= 1, 30_000), `run dirs left: ${qemuRunDirs().join(", ")}`);
+    const tag = engineTag(server.home);
+    const namespaces = async () => (await runTool("ip", ["netns", "list"])).toString().split("\n").filter((line) => line.startsWith(`cc-${tag}-`));
+    assert.ok(await eventually(async () => (await namespaces()).length <= 1, 30_000), `namespaces left: ${(await namespaces()).join(", ")}`);
   });
 
   function serverRssMB(): number {
