@@ -568,7 +568,9 @@ export class SandboxEngine {
         }
         await vm.kill();
         await this.#ended(row.id);
-      });
+      })
+      // The clean-up above can fail too (the database or the kill, e.g. out of descriptors): nobody awaits this.
+      .catch((error: unknown) => process.emitWarning(`sandbox ${row.id}: stopping it after a failed identity refresh failed: ${String(error)}`));
   }
 
   #track(id: string, vm: Vm): void {
@@ -581,7 +583,12 @@ export class SandboxEngine {
     vm.once("crashed", () => {
       if (this.#running.get(id) !== vm) return;
       this.#running.delete(id);
-      if (!this.#closed) this.db.updateSandbox(id, { state: "lost", run_dir: null, pid: null });
+      try {
+        if (!this.#closed) this.db.updateSandbox(id, { state: "lost", run_dir: null, pid: null });
+      } catch (error) {
+        // Thrown here it would reject the VM's exit handling, which nobody awaits; the next start finds it gone.
+        process.emitWarning(`sandbox ${id}: recording its crash failed: ${String(error)}`);
+      }
       void this.#ended(id);
     });
   }
@@ -622,7 +629,9 @@ export class SandboxEngine {
     this.#idleTimer = setInterval(() => {
       if (checking || this.#closed) return;
       checking = true;
-      void this.#sleepIdleSandboxes(idleAfterMs).finally(() => (checking = false));
+      void this.#sleepIdleSandboxes(idleAfterMs)
+        .catch((error: unknown) => process.emitWarning(`idle check: ${String(error)}`))
+        .finally(() => (checking = false));
     }, IDLE_CHECK_INTERVAL_MS);
     this.#idleTimer.unref();
   }
@@ -751,7 +760,11 @@ export class SandboxEngine {
       await saveDeviceState(receiver.qmp, join(dir, "device.state"), join(receiver.runDir, "state.sock"), 30_000);
       this.db.setSnapshotState(snapshotId, "ready");
     } catch (error) {
-      if (stopped && kind === "snapshot") await vm.continue().catch(() => {});
+      // A capture that failed (EMFILE on a spawn or a socket, a receiver that did not start) leaves the sandbox
+      // running as it was, a failed pause too: left stopped, its guest would never answer again. Its layer stays
+      // marked frozen; nothing builds on it (the snapshot is forgotten) and the next capture freezes it anyway.
+      if (stopped && vm.state === "running") await vm.continue().catch(() => {});
+      else if (stopped) this.#lostInCapture(row.id, vm);
       await this.#forgetSnapshot(snapshotId);
       throw error;
     } finally {
@@ -760,6 +773,14 @@ export class SandboxEngine {
     const layer = this.db.layer(frozenLayerId);
     if (layer && layer.depth > this.#maxChainDepth) await this.#layers.flatten(frozenLayerId);
     return snapshotId;
+  }
+
+  /** A pause that failed after its QEMU was killed: the sandbox's RAM went with it. */
+  #lostInCapture(sandboxId: string, vm: Vm): void {
+    if (this.#running.get(sandboxId) !== vm) return;
+    this.#running.delete(sandboxId);
+    this.db.updateSandbox(sandboxId, { state: "lost", run_dir: null, pid: null });
+    void this.#ended(sandboxId);
   }
 
   /** Removes a snapshot's record and its memory and device files (its disk layer is collected when unreachable). */

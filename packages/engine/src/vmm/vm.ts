@@ -165,7 +165,10 @@ export class Vm extends EventEmitter {
     super();
     boundConsoleLog(this.consoleLog);
     this.#exit = process.exited.then(() => undefined);
-    void process.exited.then(({ code, signal }) => this.#onExit(code, signal));
+    // Nobody awaits this: a clean-up step that fails (rm or readdir with EMFILE) must be reported, not end the server.
+    void process.exited
+      .then(({ code, signal }) => this.#onExit(code, signal))
+      .catch((error: unknown) => globalThis.process.emitWarning(`VM ${this.id}: handling its exit failed: ${String(error)}`));
   }
 
   get pid(): number | undefined {
