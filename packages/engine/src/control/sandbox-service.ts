@@ -80,7 +80,10 @@ export class SandboxService {
     // A sandbox that ends in any way (kill, crash, timeout, lost) gives its quota back.
     engine.onSandboxEnded((sandboxId) => {
       this.#env.forget(sandboxId);
-      void this.store.quota.releaseSubject(sandboxId).catch(() => {});
+      void this.store.quota.releaseSubject(sandboxId).catch((error: unknown) =>
+        // Not lost: maintain() gives back holds of sandboxes that no longer exist.
+        process.emitWarning(`sandbox ${sandboxId}: giving its quota back failed (maintenance retries): ${String(error)}`),
+      );
     });
     // Each sweep reads the database and stops VMs: one that fails is reported, and the next second tries again.
     this.#sweeper = setInterval(() => void this.sweepTimeouts().catch((error: unknown) => process.emitWarning(`timeout sweep: ${String(error)}`)), options.timeoutSweepMs ?? 1000);

@@ -105,6 +105,9 @@ const DEFAULT_IDLE_SLEEP_AFTER_MS = 3000;
 const POOL_NICENESS = 10;
 /** How often running sandboxes are checked for idleness. */
 const IDLE_CHECK_INTERVAL_MS = 1000;
+/** After a failed network detach: how long until the namespaces no live sandbox uses are swept, and how often. */
+const NETWORK_SWEEP_DELAY_MS = 5000;
+const NETWORK_SWEEP_ATTEMPTS = 12;
 const MAX_FORK = 64;
 
 function newId(prefix: string): string {
@@ -131,6 +134,7 @@ export class SandboxEngine {
   readonly #layers: DiskLayers;
   readonly #maxChainDepth: number;
   #idleTimer: NodeJS.Timeout | undefined;
+  #networkSweep: NodeJS.Timeout | undefined;
   #closed = false;
   readonly #endedListeners = new Set<(sandboxId: string) => void>();
 
@@ -467,6 +471,7 @@ export class SandboxEngine {
     if (this.#closed) return;
     this.#closed = true;
     clearInterval(this.#idleTimer);
+    clearTimeout(this.#networkSweep);
     await this.#pool.close();
     for (const [id, vm] of this.#running) {
       await vm.kill();
@@ -536,10 +541,10 @@ export class SandboxEngine {
         network,
       });
     } catch (error) {
-      await networking?.detach(row.id).catch(() => {});
+      await this.#detachNetwork(row.id).catch((detachError: unknown) => process.emitWarning(`sandbox ${row.id}: network clean-up failed: ${String(detachError)}`));
       throw error;
     }
-    if (networking) vm.afterExit = () => networking.detach(row.id);
+    if (networking) vm.afterExit = () => this.#detachNetwork(row.id);
     try {
       this.db.updateSandbox(row.id, { run_dir: vm.runDir, pid: vm.pid ?? null });
       this.#refreshIdentity(vm, row);
@@ -775,6 +780,36 @@ export class SandboxEngine {
     return snapshotId;
   }
 
+  /**
+   * Removes an exited VM's network namespace. One whose removal failed (its `ip` could not be spawned: EMFILE) would
+   * stay until the next start, and the network forgets it at once, so a sweep of the namespaces no live sandbox
+   * uses follows a little later (again a few times while it fails). The failure still reaches the VM, which reports it.
+   */
+  async #detachNetwork(sandboxId: string): Promise<void> {
+    try {
+      await this.options.network?.detach(sandboxId);
+    } catch (error) {
+      this.#sweepNetworkLater();
+      throw error;
+    }
+  }
+
+  #sweepNetworkLater(attempt = 1): void {
+    const network = this.options.network;
+    if (network === undefined || this.#networkSweep !== undefined || this.#closed) return;
+    this.#networkSweep = setTimeout(() => {
+      this.#networkSweep = undefined;
+      if (this.#closed) return;
+      // Exclusive: no create is between making its sandbox's row and its namespace, which the sweep would remove.
+      const live = () => new Set([...this.#running.keys(), ...this.db.sandboxes(LIVE_SANDBOX_STATES).map((row) => row.id)]);
+      void this.#gate.exclusive(() => network.sweep(live())).catch((error: unknown) => {
+        process.emitWarning(`network namespace sweep (attempt ${attempt} of ${NETWORK_SWEEP_ATTEMPTS}) failed: ${String(error)}`);
+        if (attempt < NETWORK_SWEEP_ATTEMPTS) this.#sweepNetworkLater(attempt + 1);
+      });
+    }, NETWORK_SWEEP_DELAY_MS);
+    this.#networkSweep.unref();
+  }
+
   /** A pause that failed after its QEMU was killed: the sandbox's RAM went with it. */
   #lostInCapture(sandboxId: string, vm: Vm): void {
     if (this.#running.get(sandboxId) !== vm) return;
@@ -870,7 +905,7 @@ export class SandboxEngine {
           if (networking) {
             // A sandbox whose network is gone cannot reach anything any more; it goes on without one.
             if (!(await networking.adopt(row.id))) process.emitWarning(`sandbox ${row.id}: its network namespace is gone`);
-            vm.afterExit = () => networking.detach(row.id);
+            vm.afterExit = () => this.#detachNetwork(row.id);
           }
           this.#track(row.id, vm);
           this.#refreshIdentity(vm, row); // its clock may have stood still (stopped while idle)

@@ -557,7 +557,11 @@ export class Vm extends EventEmitter {
       await copyFile(this.consoleLog, kept).catch(() => (kept = undefined));
       await pruneKeptConsoleLogs(logsDir());
     }
-    await rm(this.runDir, { recursive: true, force: true });
+    // Out of descriptors (EMFILE) a recursive rm fails: the VM is gone all the same, and the engine's garbage
+    // collection at its next start removes the dir. Thrown, it would fail a kill whose work is done.
+    await rm(this.runDir, { recursive: true, force: true }).catch((error: unknown) =>
+      process.emitWarning(`VM ${this.id}: removing its run dir failed (left for the next start): ${String(error)}`),
+    );
     return kept;
   }
 }
