@@ -20,20 +20,31 @@ export function isAlive(pid: number): boolean {
   }
 }
 
+/** How often the limit follows the count down while squeezed. */
+const RATCHET_EVERY_MS = 200;
+
 /**
  * Lowers `pid`'s soft descriptor limit to the number it has open (so every open, accept, pipe and spawn fails with
- * EMFILE), runs `during` for `holdMs` or until it settles, whichever is later, and restores the limit; also when
- * `during` throws. Restoring fails only when the process is gone, which the caller's isAlive check then reports.
+ * EMFILE) and keeps it there for `holdMs`, following the count down as descriptors close (what an attacker who
+ * holds the rest would take at once), while `during` runs; then restores the limit, also when `during` throws, and
+ * waits for `during`. Restoring fails only when the process is gone, which the caller's isAlive check then reports.
  */
 export async function withDescriptorsExhausted<T>(pid: number, holdMs: number, during: () => Promise<T>): Promise<T> {
   const original = await openFileLimit(pid);
-  await runTool("prlimit", ["--pid", String(pid), `--nofile=${await openFileCount(pid)}:${original.hard}`]);
+  const squeeze = async () => runTool("prlimit", ["--pid", String(pid), `--nofile=${await openFileCount(pid)}:${original.hard}`]);
+  await squeeze();
+  let outcome: Promise<T>;
   try {
-    const [result] = await Promise.all([during(), sleep(holdMs)]);
-    return result;
+    outcome = during();
+    outcome.catch(() => {}); // awaited below, after the limit is back
+    for (const end = Date.now() + holdMs; Date.now() < end; ) {
+      await sleep(RATCHET_EVERY_MS);
+      await squeeze().catch(() => {});
+    }
   } finally {
     await runTool("prlimit", ["--pid", String(pid), `--nofile=${original.soft}:${original.hard}`]).catch(() => {});
   }
+  return outcome;
 }
 
 /** Pids of the QEMU processes whose command line names a run dir of data dir `home`. */
