@@ -57,7 +57,8 @@ describe("hostile: the server runs out of file descriptors (EMFILE) while tenant
       return { operation, result: "ok" };
     } catch (error) {
       const detail = error instanceof Error ? error.message : String(error);
-      if (error instanceof sdk.TimeoutError) return { operation, result: "hang", detail };
+      // The SDK's own, or the platform's (a stream read that the AbortSignal ended).
+      if (error instanceof sdk.TimeoutError || (error instanceof Error && error.name === "TimeoutError")) return { operation, result: "hang", detail };
       if (error instanceof sdk.CodeCourierError) return { operation, result: error.status === undefined ? "connection" : "api", detail: `${error.code}: ${detail}` };
       // Not the SDK's: a test bug or an assertion in `work`; reported as it is.
       return { operation, result: "api", detail: `unexpected ${String(error)}` };
