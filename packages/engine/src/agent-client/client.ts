@@ -159,7 +159,11 @@ export class AgentClient {
       }, timeoutMs);
       socket.once("connect", () => {
         clearTimeout(timer);
+        // Some error listener must stay until the frame guard (#establish) adds its own, after this promise's
+        // continuation: an error emitted in between (next tick: a read failing right at connect) would otherwise
+        // have none, which ends the server. The guard still learns of the failure from the socket's 'close'.
         socket.off("error", onError);
+        socket.once("error", () => {});
         resolve();
       });
       const onError = (error: Error) => {

@@ -80,9 +80,13 @@ export class SandboxService {
     // A sandbox that ends in any way (kill, crash, timeout, lost) gives its quota back.
     engine.onSandboxEnded((sandboxId) => {
       this.#env.forget(sandboxId);
-      void this.store.quota.releaseSubject(sandboxId).catch(() => {});
+      void this.store.quota.releaseSubject(sandboxId).catch((error: unknown) =>
+        // Not lost: maintain() gives back holds of sandboxes that no longer exist.
+        process.emitWarning(`sandbox ${sandboxId}: giving its quota back failed (maintenance retries): ${String(error)}`),
+      );
     });
-    this.#sweeper = setInterval(() => void this.sweepTimeouts(), options.timeoutSweepMs ?? 1000);
+    // Each sweep reads the database and stops VMs: one that fails is reported, and the next second tries again.
+    this.#sweeper = setInterval(() => void this.sweepTimeouts().catch((error: unknown) => process.emitWarning(`timeout sweep: ${String(error)}`)), options.timeoutSweepMs ?? 1000);
     this.#sweeper.unref();
     this.#maintenance = setInterval(() => void this.maintain(), options.maintenanceMs ?? 60_000);
     this.#maintenance.unref();
@@ -453,7 +457,14 @@ export class SandboxService {
 
   /** The image's root disk size in MB (every sandbox's unless grown), read once. */
   #imageDiskMB(): Promise<number> {
-    this.#imageDisk ??= this.engine.imageDiskBytes().then((bytes) => (this.#imageDiskKnown = Math.floor(bytes / MB)));
+    // A failed read (qemu-img could not be spawned: EMFILE) is not kept, or every later create would fail with it.
+    this.#imageDisk ??= this.engine.imageDiskBytes().then(
+      (bytes) => (this.#imageDiskKnown = Math.floor(bytes / MB)),
+      (error: unknown) => {
+        this.#imageDisk = undefined;
+        throw error;
+      },
+    );
     return this.#imageDisk;
   }
 

@@ -12,6 +12,7 @@ import type { NetworkEvent, Sandbox } from "@codecourier/sdk";
 import { openFileCount, openFileLimit } from "../network/fd-usage.js";
 import { startOriginNetns, type OriginNetns } from "../testing/origin-netns.js";
 import { startLocalServer, withServerLog, type LocalServer } from "../testing/local-server.js";
+import { isAlive } from "../testing/server-process.js";
 import { runTool } from "../util/run-tool.js";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -73,15 +74,6 @@ async function serverPid(home: string): Promise<number> {
     if (cmdline.includes("server/main.js") && environ.split("\0").includes(`CODECOURIER_HOME=${home}`)) return Number(entry);
   }
   throw new Error(`no server process for ${home}`);
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Bash opens `count` connections (held as descriptors), keeps them `holdSeconds`, and exits: the kernel closes them. */

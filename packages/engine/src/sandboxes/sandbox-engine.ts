@@ -107,6 +107,9 @@ const DEFAULT_IDLE_SLEEP_AFTER_MS = 3000;
 const POOL_NICENESS = 10;
 /** How often running sandboxes are checked for idleness. */
 const IDLE_CHECK_INTERVAL_MS = 1000;
+/** After a failed network detach: how long until the namespaces no live sandbox uses are swept, and how often. */
+const NETWORK_SWEEP_DELAY_MS = 5000;
+const NETWORK_SWEEP_ATTEMPTS = 12;
 const MAX_FORK = 64;
 
 function newId(prefix: string): string {
@@ -133,6 +136,7 @@ export class SandboxEngine {
   readonly #layers: DiskLayers;
   readonly #maxChainDepth: number;
   #idleTimer: NodeJS.Timeout | undefined;
+  #networkSweep: NodeJS.Timeout | undefined;
   #closed = false;
   readonly #endedListeners = new Set<(sandboxId: string) => void>();
 
@@ -477,6 +481,7 @@ export class SandboxEngine {
     if (this.#closed) return;
     this.#closed = true;
     clearInterval(this.#idleTimer);
+    clearTimeout(this.#networkSweep);
     await this.#pool.close();
     for (const [id, vm] of this.#running) {
       await vm.kill();
@@ -549,10 +554,10 @@ export class SandboxEngine {
         network,
       });
     } catch (error) {
-      await networking?.detach(row.id).catch(() => {});
+      await this.#detachNetwork(row.id).catch((detachError: unknown) => process.emitWarning(`sandbox ${row.id}: network clean-up failed: ${String(detachError)}`));
       throw error;
     }
-    if (networking) vm.afterExit = () => networking.detach(row.id);
+    if (networking) vm.afterExit = () => this.#detachNetwork(row.id);
     try {
       this.db.updateSandbox(row.id, { run_dir: vm.runDir, pid: vm.pid ?? null });
       this.#refreshIdentity(vm, row);
@@ -583,7 +588,9 @@ export class SandboxEngine {
         }
         await vm.kill();
         await this.#ended(row.id);
-      });
+      })
+      // The clean-up above can fail too (the database or the kill, e.g. out of descriptors): nobody awaits this.
+      .catch((error: unknown) => process.emitWarning(`sandbox ${row.id}: stopping it after a failed identity refresh failed: ${String(error)}`));
   }
 
   #track(id: string, vm: Vm): void {
@@ -602,7 +609,12 @@ export class SandboxEngine {
     vm.once("crashed", () => {
       if (this.#running.get(id) !== vm) return;
       this.#running.delete(id);
-      if (!this.#closed) this.db.updateSandbox(id, { state: "lost", run_dir: null, pid: null });
+      try {
+        if (!this.#closed) this.db.updateSandbox(id, { state: "lost", run_dir: null, pid: null });
+      } catch (error) {
+        // Thrown here it would reject the VM's exit handling, which nobody awaits; the next start finds it gone.
+        process.emitWarning(`sandbox ${id}: recording its crash failed: ${String(error)}`);
+      }
       void this.#ended(id);
     });
   }
@@ -643,7 +655,9 @@ export class SandboxEngine {
     this.#idleTimer = setInterval(() => {
       if (checking || this.#closed) return;
       checking = true;
-      void this.#sleepIdleSandboxes(idleAfterMs).finally(() => (checking = false));
+      void this.#sleepIdleSandboxes(idleAfterMs)
+        .catch((error: unknown) => process.emitWarning(`idle check: ${String(error)}`))
+        .finally(() => (checking = false));
     }, IDLE_CHECK_INTERVAL_MS);
     this.#idleTimer.unref();
   }
@@ -772,7 +786,11 @@ export class SandboxEngine {
       await saveDeviceState(receiver.qmp, join(dir, "device.state"), join(receiver.runDir, "state.sock"), 30_000);
       this.db.setSnapshotState(snapshotId, "ready");
     } catch (error) {
-      if (stopped && kind === "snapshot") await vm.continue().catch(() => {});
+      // A capture that failed (EMFILE on a spawn or a socket, a receiver that did not start) leaves the sandbox
+      // running as it was, a failed pause too: left stopped, its guest would never answer again. Its layer stays
+      // marked frozen; nothing builds on it (the snapshot is forgotten) and the next capture freezes it anyway.
+      if (stopped && vm.state === "running") await vm.continue().catch(() => {});
+      else if (stopped) this.#lostInCapture(row.id, vm);
       await this.#forgetSnapshot(snapshotId);
       throw error;
     } finally {
@@ -781,6 +799,44 @@ export class SandboxEngine {
     const layer = this.db.layer(frozenLayerId);
     if (layer && layer.depth > this.#maxChainDepth) await this.#layers.flatten(frozenLayerId);
     return snapshotId;
+  }
+
+  /**
+   * Removes an exited VM's network namespace. One whose removal failed (its `ip` could not be spawned: EMFILE) would
+   * stay until the next start, and the network forgets it at once, so a sweep of the namespaces no live sandbox
+   * uses follows a little later (again a few times while it fails). The failure still reaches the VM, which reports it.
+   */
+  async #detachNetwork(sandboxId: string): Promise<void> {
+    try {
+      await this.options.network?.detach(sandboxId);
+    } catch (error) {
+      this.#sweepNetworkLater();
+      throw error;
+    }
+  }
+
+  #sweepNetworkLater(attempt = 1): void {
+    const network = this.options.network;
+    if (network === undefined || this.#networkSweep !== undefined || this.#closed) return;
+    this.#networkSweep = setTimeout(() => {
+      this.#networkSweep = undefined;
+      if (this.#closed) return;
+      // Exclusive: no create is between making its sandbox's row and its namespace, which the sweep would remove.
+      const live = () => new Set([...this.#running.keys(), ...this.db.sandboxes(LIVE_SANDBOX_STATES).map((row) => row.id)]);
+      void this.#gate.exclusive(() => network.sweep(live())).catch((error: unknown) => {
+        process.emitWarning(`network namespace sweep (attempt ${attempt} of ${NETWORK_SWEEP_ATTEMPTS}) failed: ${String(error)}`);
+        if (attempt < NETWORK_SWEEP_ATTEMPTS) this.#sweepNetworkLater(attempt + 1);
+      });
+    }, NETWORK_SWEEP_DELAY_MS);
+    this.#networkSweep.unref();
+  }
+
+  /** A pause that failed after its QEMU was killed: the sandbox's RAM went with it. */
+  #lostInCapture(sandboxId: string, vm: Vm): void {
+    if (this.#running.get(sandboxId) !== vm) return;
+    this.#running.delete(sandboxId);
+    this.db.updateSandbox(sandboxId, { state: "lost", run_dir: null, pid: null });
+    void this.#ended(sandboxId);
   }
 
   /** Removes a snapshot's record and its memory and device files (its disk layer is collected when unreachable). */
@@ -870,7 +926,7 @@ export class SandboxEngine {
           if (networking) {
             // A sandbox whose network is gone cannot reach anything any more; it goes on without one.
             if (!(await networking.adopt(row.id))) process.emitWarning(`sandbox ${row.id}: its network namespace is gone`);
-            vm.afterExit = () => networking.detach(row.id);
+            vm.afterExit = () => this.#detachNetwork(row.id);
           }
           this.#track(row.id, vm);
           this.#refreshIdentity(vm, row); // its clock may have stood still (stopped while idle)

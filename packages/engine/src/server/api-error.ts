@@ -80,6 +80,10 @@ export function toApiError(error: unknown): { apiError: ApiError; unexpected: bo
   }
   if (error instanceof InvalidRequestError) return { apiError: new ApiError("bad_request", error.message), unexpected: false };
   if (error instanceof PolicyError || error instanceof NetworkRequestError) return { apiError: new ApiError("bad_request", error.message), unexpected: false };
+  // Logged all the same (the operator should know), but the client learns it is passing and worth a retry.
+  if (outOfDescriptors(error)) {
+    return { apiError: new ApiError("unavailable", "the server is out of file descriptors right now; retry shortly"), unexpected: true };
+  }
   if (error instanceof SandboxError) return { apiError: new ApiError("internal", error.message), unexpected: true };
   const fastify = error as { statusCode?: number; code?: string; message?: string; validation?: unknown };
   if (fastify.statusCode === 413) return { apiError: new ApiError("payload_too_large", "the request body is too large"), unexpected: false };
@@ -87,4 +91,16 @@ export function toApiError(error: unknown): { apiError: ApiError; unexpected: bo
     return { apiError: new ApiError("bad_request", fastify.message ?? "bad request"), unexpected: false };
   }
   return { apiError: new ApiError("internal", "internal error; see the server log"), unexpected: true };
+}
+
+/**
+ * Whether an error, or one it was caused by, is the server running out of file descriptors (EMFILE: its own limit;
+ * ENFILE: the host's). A failed spawn of a tool says so only in its message ("spawn qemu-img EMFILE").
+ */
+function outOfDescriptors(error: unknown): boolean {
+  for (let cause = error, depth = 0; cause instanceof Error && depth < 8; cause = cause.cause, depth++) {
+    const code = (cause as NodeJS.ErrnoException).code;
+    if (code === "EMFILE" || code === "ENFILE" || /\bE[MN]FILE\b/.test(cause.message)) return true;
+  }
+  return false;
 }

@@ -119,6 +119,7 @@ const shutdown = () => {
     .then(() => engine.close())
     .then(() => network?.close({ sandboxesStopped: true }))
     .then(() => store.close())
+    .catch((error: unknown) => log(`shutdown: ${String(error)}`))
     .finally(() => process.exit(0));
 };
 process.once("SIGINT", shutdown);

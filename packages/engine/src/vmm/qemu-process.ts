@@ -34,7 +34,9 @@ const ADOPTED_POLL_MS = 250;
 
 /** A QEMU process found running at start-up, identified by pid and the runtime directory on its command line. */
 export function adoptedProcess(pid: number, runDir: string): QemuProcess {
-  const isAlive = () => isQemuOf(pid, runDir);
+  // Out of descriptors (EMFILE) /proc cannot be read: that says nothing about the process, which counts as alive
+  // until a read succeeds; taken for an exit, the VM would be torn down while its QEMU ran on, tracked by nobody.
+  const isAlive = () => qemuOfState(pid, runDir) !== "gone";
   let timer: NodeJS.Timeout | undefined;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     timer = setInterval(() => {
@@ -62,10 +64,16 @@ export function adoptedProcess(pid: number, runDir: string): QemuProcess {
 
 /** Whether `pid` is a live QEMU whose command line names `runDir` (guards against pid reuse). */
 export function isQemuOf(pid: number, runDir: string): boolean {
+  return qemuOfState(pid, runDir) === "alive";
+}
+
+/** isQemuOf with a third answer: "unknown" when /proc could not be read for lack of descriptors. */
+function qemuOfState(pid: number, runDir: string): "alive" | "gone" | "unknown" {
   try {
     const cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8");
-    return cmdline.includes("qemu-system") && cmdline.includes(`${runDir}/`);
-  } catch {
-    return false;
+    return cmdline.includes("qemu-system") && cmdline.includes(`${runDir}/`) ? "alive" : "gone";
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    return code === "EMFILE" || code === "ENFILE" ? "unknown" : "gone";
   }
 }

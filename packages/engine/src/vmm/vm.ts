@@ -147,7 +147,10 @@ export class Vm extends EventEmitter {
     super();
     boundConsoleLog(this.consoleLog);
     this.#exit = process.exited.then(() => undefined);
-    void process.exited.then(({ code, signal }) => this.#onExit(code, signal));
+    // Nobody awaits this: a clean-up step that fails (rm or readdir with EMFILE) must be reported, not end the server.
+    void process.exited
+      .then(({ code, signal }) => this.#onExit(code, signal))
+      .catch((error: unknown) => globalThis.process.emitWarning(`VM ${this.id}: handling its exit failed: ${String(error)}`));
   }
 
   get pid(): number | undefined {
@@ -612,7 +615,11 @@ export class Vm extends EventEmitter {
       await copyFile(this.consoleLog, kept).catch(() => (kept = undefined));
       await pruneKeptConsoleLogs(logsDir());
     }
-    await rm(this.runDir, { recursive: true, force: true });
+    // Out of descriptors (EMFILE) a recursive rm fails: the VM is gone all the same, and the engine's garbage
+    // collection at its next start removes the dir. Thrown, it would fail a kill whose work is done.
+    await rm(this.runDir, { recursive: true, force: true }).catch((error: unknown) =>
+      process.emitWarning(`VM ${this.id}: removing its run dir failed (left for the next start): ${String(error)}`),
+    );
     return kept;
   }
 }

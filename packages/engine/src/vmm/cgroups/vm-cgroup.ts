@@ -123,9 +123,9 @@ const WARNING_CODE = "CODECOURIER_VM_LIMITS";
 /** Directories of VM cgroups this process created and has not removed: never stale, even while empty. */
 const owned = new Set<string>();
 
-/** `codecourier-<first 8 hex of sha256(data dir)>-`: the names of this data dir's VM cgroups start with it. */
-export function vmCgroupPrefix(): string {
-  return `codecourier-${createHash("sha256").update(resolve(dataDir())).digest("hex").slice(0, 8)}-`;
+/** `codecourier-<first 8 hex of sha256(data dir)>-`: the names of a data dir's VM cgroups start with it. */
+export function vmCgroupPrefix(home = dataDir()): string {
+  return `codecourier-${createHash("sha256").update(resolve(home)).digest("hex").slice(0, 8)}-`;
 }
 
 let warnedUnavailable = false;
