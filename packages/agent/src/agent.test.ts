@@ -136,26 +136,35 @@ async function connectOver(end: Duplex): Promise<ClientHttp2Session> {
 }
 
 async function withLoopback<T>(run: (client: ClientHttp2Session, agent: Agent) => Promise<T>, agent = createAgent()): Promise<T> {
-  const port = new FakePort();
-  const stop = new AbortController();
-  const loop = runSessionLoop(port, (duplex) => agent.serveSession(duplex), { signal: stop.signal, pollIntervalMs: 5 });
+  const { port, stop } = serveOverFakePort(agent);
   const client = await connectOver(port.connectHost());
   try {
     return await run(client, agent);
   } finally {
     client.destroy();
-    stop.abort();
-    await loop;
+    await stop();
     agent.killAllCommands();
   }
 }
 
+/** An agent serving sessions on a fake port, as its main loop does on the real one, until stop(). */
+function serveOverFakePort(agent = createAgent()) {
+  const port = new FakePort();
+  const controller = new AbortController();
+  const loop = runSessionLoop(port, (duplex) => agent.serveSession(duplex), { signal: controller.signal, pollIntervalMs: 5 });
+  return {
+    agent,
+    port,
+    stop: async () => {
+      controller.abort();
+      await loop;
+    },
+  };
+}
+
 describe("session loop over a virtio-serial-like port", () => {
   it("serves a new session after the host disconnects and reconnects", async () => {
-    const agent = createAgent();
-    const port = new FakePort();
-    const stop = new AbortController();
-    const loop = runSessionLoop(port, (duplex) => agent.serveSession(duplex), { signal: stop.signal, pollIntervalMs: 5 });
+    const { agent, port, stop } = serveOverFakePort();
 
     const sessionIds: string[] = [];
     for (let connection = 0; connection < 3; connection++) {
@@ -168,8 +177,7 @@ describe("session loop over a virtio-serial-like port", () => {
       while (port.hostConnected) await new Promise((resolve) => setTimeout(resolve, 5));
     }
     assert.equal(new Set(sessionIds).size, 3, "each connection gets its own session");
-    stop.abort();
-    await loop;
+    await stop();
   });
 
   it("notices a disconnect even while a write to the port is blocked", async () => {
@@ -208,10 +216,7 @@ describe("session loop over a virtio-serial-like port", () => {
   });
 
   it("serves a host that connected before the agent saw the previous one leave", async () => {
-    const agent = createAgent();
-    const port = new FakePort();
-    const stop = new AbortController();
-    const loop = runSessionLoop(port, (duplex) => agent.serveSession(duplex), { signal: stop.signal, pollIntervalMs: 5 });
+    const { agent, port, stop } = serveOverFakePort();
     const firstEnd = port.connectHost();
     const first = await connectOver(firstEnd);
     const before = await health(first);
@@ -227,16 +232,12 @@ describe("session loop over a virtio-serial-like port", () => {
       assert.notEqual(after.sessionId, before.sessionId);
     } finally {
       second.destroy();
-      stop.abort();
-      await loop;
+      await stop();
     }
   });
 
   it("skips junk and a stale partial HTTP/2 frame before the host's hello", async () => {
-    const agent = createAgent();
-    const port = new FakePort();
-    const stop = new AbortController();
-    const loop = runSessionLoop(port, (duplex) => agent.serveSession(duplex), { signal: stop.signal, pollIntervalMs: 5 });
+    const { agent, port, stop } = serveOverFakePort();
     // What a restarted agent finds in the port: the previous host's frames, cut off in the middle of one.
     const end = port.connectHost();
     end.write(Buffer.concat([Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Buffer.from([0, 0x40, 0, 0, 0, 0, 0, 0, 1]), randomBytes(1000)]));
@@ -246,16 +247,12 @@ describe("session loop over a virtio-serial-like port", () => {
       assert.equal((await health(client)).bootId, agent.bootId);
     } finally {
       client.destroy();
-      stop.abort();
-      await loop;
+      await stop();
     }
   });
 
   it("serves the real host after a hello that a stale byte stream happened to hold", async () => {
-    const agent = createAgent();
-    const port = new FakePort();
-    const stop = new AbortController();
-    const loop = runSessionLoop(port, (duplex) => agent.serveSession(duplex), { signal: stop.signal, pollIntervalMs: 5 });
+    const { agent, port, stop } = serveOverFakePort();
     const end = port.connectHost();
     // A well-formed hello inside stale bytes (an upload's content, say): the agent answers a nonce nobody waits for.
     end.write(Buffer.concat([randomBytes(100), Buffer.from(`CCHELLO1 ${"ab".repeat(16)}\n`)]));
@@ -264,8 +261,7 @@ describe("session loop over a virtio-serial-like port", () => {
       assert.equal((await health(client)).bootId, agent.bootId);
     } finally {
       client.destroy();
-      stop.abort();
-      await loop;
+      await stop();
     }
   });
 
@@ -288,10 +284,7 @@ describe("session loop over a virtio-serial-like port", () => {
     }));
 
   it("kills a running command when its host disconnects", async () => {
-    const agent = createAgent();
-    const port = new FakePort();
-    const stop = new AbortController();
-    const loop = runSessionLoop(port, (duplex) => agent.serveSession(duplex), { signal: stop.signal, pollIntervalMs: 5 });
+    const { agent, port, stop } = serveOverFakePort();
     const client = await connectOver(port.connectHost());
     const stream = client.request(
       { ":method": "POST", ":path": AgentPath.exec, [EXEC_SPEC_HEADER]: encodeExecSpecHeader({ argv: ["sleep", "100"] }) },
@@ -303,8 +296,7 @@ describe("session loop over a virtio-serial-like port", () => {
     client.destroy();
     for (let i = 0; i < 200 && agent.commands.size > 0; i++) await new Promise((resolve) => setTimeout(resolve, 10));
     assert.equal(agent.commands.size, 0);
-    stop.abort();
-    await loop;
+    await stop();
   });
 });
 
@@ -596,9 +588,7 @@ async function withSuccessiveHosts(
   run: (hosts: { connect(): Promise<ClientHttp2Session>; disconnect(client: ClientHttp2Session): Promise<void> }, agent: Agent) => Promise<void>,
   agent = createAgent(),
 ): Promise<void> {
-  const port = new FakePort();
-  const stop = new AbortController();
-  const loop = runSessionLoop(port, (duplex) => agent.serveSession(duplex), { signal: stop.signal, pollIntervalMs: 5 });
+  const { port, stop } = serveOverFakePort(agent);
   const clients: ClientHttp2Session[] = [];
   const hosts = {
     async connect() {
@@ -615,8 +605,7 @@ async function withSuccessiveHosts(
     await run(hosts, agent);
   } finally {
     for (const client of clients) client.destroy();
-    stop.abort();
-    await loop;
+    await stop();
     agent.killAllCommands();
   }
 }
