@@ -3,6 +3,8 @@ import { copyFile, mkdir, mkdtemp, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { dataDir } from "../config.js";
+import { ensureGuestImage } from "../images/guest-image.js";
+import { chooseAccelerator } from "../vmm/accel.js";
 
 /**
  * For tests: a fresh data dir that shares the built guest images, downloads and accelerator probe of the default
@@ -10,6 +12,9 @@ import { dataDir } from "../config.js";
  */
 export async function isolatedDataDir(prefix = "cctest-"): Promise<string> {
   const shared = dataDir();
+  // The accelerator is probed once, in the shared data dir (a 20 s boot under KVM on a host where it does not
+  // work), and every isolated dir gets the answer.
+  await chooseAccelerator(await ensureGuestImage());
   const home = await mkdtemp(join(tmpdir(), prefix));
   await mkdir(join(shared, "images"), { recursive: true });
   await symlink(join(shared, "images"), join(home, "images"));

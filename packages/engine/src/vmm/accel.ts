@@ -1,7 +1,7 @@
 import { constants } from "node:fs";
 import { access, mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { spawn } from "node:child_process";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { release } from "node:os";
 import { dataDir } from "../config.js";
 import type { GuestImage } from "../images/guest-image.js";
@@ -9,6 +9,7 @@ import { FLOOR_READY_MARKER } from "../images/floor-initramfs.js";
 import { readIfExists, writeAtomic } from "../util/fs.js";
 import { QEMU_BINARY, qemuArgs, type Accelerator } from "./machine.js";
 import { runTool } from "../util/run-tool.js";
+import { onHostExit } from "./reaper.js";
 
 export interface AcceleratorChoice {
   accel: Accelerator;
@@ -36,6 +37,8 @@ export async function bootToMarker(
   });
   const started = performance.now();
   const child = spawn(QEMU_BINARY, args, { stdio: ["ignore", "ignore", "pipe"] });
+  // A host interrupted during the probe must not leave it running (under a PVM host's KVM it may never finish).
+  const forget = onHostExit(() => child.kill("SIGKILL"));
   let stderr = "";
   let exited = false;
   // A failed spawn (EMFILE, ENOENT) emits 'error', never 'exit', and leaves no pipes.
@@ -58,6 +61,7 @@ export async function bootToMarker(
   } finally {
     child.kill("SIGKILL");
     if (!exited) await new Promise((r) => child.once("exit", r));
+    forget();
     await rm(dir, { recursive: true, force: true });
   }
 }
@@ -102,7 +106,9 @@ async function probeOrCached(image: Pick<GuestImage, "kernelPath" | "floorInitra
   if (override === "kvm" || override === "tcg") return { accel: override, reason: `CODECOURIER_ACCEL=${override}` };
   if (override && override !== "auto") throw new Error(`CODECOURIER_ACCEL must be kvm, tcg or auto, got "${override}"`);
 
-  const key = JSON.stringify({ host: release(), qemuVersion: await qemuVersion(), kernel: image.kernelPath });
+  // The kernel by its content-addressed build (kernel-<digest>), not its path: data dirs that share the images
+  // (each test server's, by a symlink) share the answer too, instead of each probing for 20 s.
+  const key = JSON.stringify({ host: release(), qemuVersion: await qemuVersion(), kernel: basename(dirname(image.kernelPath)) });
   const cacheFile = join(dataDir(), "accel.json");
   const cached = await readIfExists(cacheFile);
   if (cached) {
