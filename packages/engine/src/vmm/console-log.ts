@@ -9,11 +9,20 @@ import { join } from "node:path";
  * CONSOLE_LOG_KEEP_BYTES in place (QEMU's next write lands after them). Between two checks a file can overshoot by
  * what the emulated UART carries in a second (well under 1 MiB).
  */
-export const CONSOLE_LOG_MAX_BYTES = 1024 * 1024;
-export const CONSOLE_LOG_KEEP_BYTES = 256 * 1024;
+export const CONSOLE_LOG_MAX_BYTES = consoleLogMaxBytes();
+export const CONSOLE_LOG_KEEP_BYTES = Math.floor(CONSOLE_LOG_MAX_BYTES / 4);
 const CHECK_EVERY_MS = 1000;
 /** Console logs of failed VMs kept under logs/ (the newest). */
 const KEPT_FAILED_LOGS = 50;
+
+/** 1 MiB unless CODECOURIER_CONSOLE_LOG_MAX_BYTES says otherwise (at least 4 KiB). */
+function consoleLogMaxBytes(): number {
+  const text = process.env.CODECOURIER_CONSOLE_LOG_MAX_BYTES;
+  if (text === undefined) return 1024 * 1024;
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value < 4096) throw new Error(`CODECOURIER_CONSOLE_LOG_MAX_BYTES must be a whole number of at least 4096, got ${text}`);
+  return value;
+}
 
 const watched = new Set<string>();
 let timer: NodeJS.Timeout | undefined;
