@@ -45,6 +45,19 @@ async function plumbing(sandbox: Sandbox): Promise<Plumbing> {
   return { agentPid: agents[0]![1]!, agentOomScoreAdj: agents[0]![2]!, spawnerOomScoreAdj: spawners[0]![2]! };
 }
 
+/**
+ * The agent's pid once the guest's plumbing has settled, or undefined while it has not: just after a restart the old
+ * agent's guest-spawner may still be on its way out, so for a moment there are two.
+ */
+async function settledAgentPid(sandbox: Sandbox): Promise<number | undefined> {
+  try {
+    return (await plumbing(sandbox)).agentPid;
+  } catch (error) {
+    if (error instanceof assert.AssertionError) return undefined;
+    throw error;
+  }
+}
+
 /** What a caller saw while the sandbox recovered: the error codes of failed calls and the states it reported. */
 interface Recovery {
   errorCodes: string[];
@@ -64,7 +77,7 @@ async function waitUntilAnswering(sandbox: Sandbox, { replacing }: { replacing?:
     states.push((await sandbox.info()).state);
     try {
       const result = await sandbox.runCommand("echo ok", { timeoutMs: 30_000 });
-      const replaced = replacing === undefined || (await plumbing(sandbox)).agentPid !== replacing;
+      const replaced = replacing === undefined || ((await settledAgentPid(sandbox)) ?? replacing) !== replacing;
       if (result.stdout === "ok\n" && replaced) return { errorCodes, states, ms: Date.now() - started };
       // A call that reached the old agent just before it died ends as its command did: SIGKILLed with it.
       if (result.stdout !== "ok\n") errorCodes.push(result.signal === "SIGKILL" ? "killed with the agent" : `stdout ${JSON.stringify(result.stdout)}`);
